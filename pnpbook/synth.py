@@ -413,8 +413,11 @@ class Synth:
         x : Tensor, shape (B, N) or (N,)
             The signal.  With ``validate="clip"`` the pair ``(x, n_clipped)``.
         """
+        if n_samples is not None and (isinstance(n_samples, bool) or not isinstance(n_samples, int)
+                                      or n_samples < 1):
+            raise ValueError(f"n_samples must be a positive int or None, got {n_samples!r}")
         theta, n_clipped = self.check(theta, validate)
-        x = self.kernel(theta, sr=self.sr, n_samples=n_samples or self.n_samples)
+        x = self.kernel(theta, sr=self.sr, n_samples=self.n_samples if n_samples is None else n_samples)
         return (x, n_clipped) if validate == "clip" else x
 
 

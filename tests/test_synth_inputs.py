@@ -373,3 +373,11 @@ def test_float32_log10_of_bound_is_accepted():
     theta = torch.stack([f0, torch.tensor(math.log10(4.0)), torch.tensor(math.log10(0.5))])
     assert theta.dtype == torch.float32
     SYNTHS["amchirp"].at("paper")(theta, n_samples=N_SHORT)
+
+
+@pytest.mark.parametrize("bad", [0, -4, 2.5, True])
+def test_bad_n_samples_raises(bad):
+    s = SYNTHS["amchirp"].at("tiny")
+    lo, hi = s.theta_bounds()
+    with pytest.raises(ValueError, match="n_samples must be a positive int"):
+        s((lo + hi) / 2, n_samples=bad)

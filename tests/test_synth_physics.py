@@ -372,3 +372,19 @@ def test_amchirp_envelope_is_gaussian(scale, fc, fm, gamma):
     assert sel.sum() > 500
     ratio = envelope[sel] / am[sel]
     np.testing.assert_allclose(ratio, gaussian_window(t[sel], sigma, sr), rtol=ENVELOPE_TOL, atol=0)
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.3, 0.6, 0.9])
+def test_ftm_is_symmetric_under_alpha_to_one_over_alpha(alpha):
+    """Swapping the drum's sides (alpha -> 1/alpha) transposes the mode grid and leaves the sound unchanged.
+
+    This is why the alpha range stops at 1: alpha > 1 would duplicate sounds of alpha < 1.
+    """
+    theta = torch.tensor([[math.log10(2 * math.pi * 300), 0.2, -2.0, -1.5, alpha]], dtype=torch.float64)
+    swapped = theta.clone()
+    swapped[0, 4] = 1 / alpha
+    x, y = ftm(theta, 22050.0, 4096), ftm(swapped, 22050.0, 4096)
+    assert float((x - y).abs().max()) < 1e-10
+    different = theta.clone()
+    different[0, 4] = alpha * 1.05
+    assert float((x - ftm(different, 22050.0, 4096)).abs().max()) > 1e-3
