@@ -206,6 +206,15 @@ def ftm(theta: torch.Tensor, sr: float = 22050.0, n_samples: int = 2**16) -> tor
     over the full 10 x 10 mode grid (:func:`ftm_modes`), with ``t = n / sr``
     exactly.  Peak normalised, guarded against division by zero.
 
+    Each mode is ``Im(z^n)`` with the pole ``z = exp((-a + i Omega) / sr)``.
+    Writing ``n = L j + k`` (``L ~ sqrt(N)``), ``z^n = z^(L j) z^k``: the sum
+    over modes becomes, per batch item, one complex matrix product of a
+    (N / L, modes) matrix by a (modes, L) matrix, each entry an exact ``exp``
+    (no recursion, so no accumulated rounding).  This avoids the
+    (B, modes, N) array of ``exp(-a t) sin(Omega t)``: same result to 1e-13,
+    30 to 60 times faster at the presets and far less memory under ``jacfwd``
+    (``benchmarks/synth_speed.py``).
+
     Parameters
     ----------
     theta : Tensor, shape (B, 5) or (5,)
@@ -221,11 +230,16 @@ def ftm(theta: torch.Tensor, sr: float = 22050.0, n_samples: int = 2**16) -> tor
         The signal, peak 1, in theta's dtype.
     """
     modes = ftm_modes(theta, sr)
-    t = ftm_time(sr, n_samples).to(modes["a"].device)  # (N,)
-    weight = modes["amp"] * modes["kept"]  # (B, 100): zero for aliased modes
-    ringing = (torch.exp(-modes["a"].unsqueeze(-1) * t)
-               * torch.sin(modes["Omega"].unsqueeze(-1) * t))  # (B, 100, N)
-    y = torch.einsum("bm,bmn->bn", weight, ringing)
+    weight = (modes["amp"] * modes["kept"]).to(torch.complex128)  # (B, M): zero for aliased modes
+    pole = torch.complex(-modes["a"], modes["Omega"]) / sr  # (B, M): log z, per sample
+    n_fine = math.isqrt(n_samples - 1) + 1  # L
+    n_coarse = -(-n_samples // n_fine)  # ceil(N / L)
+    k = torch.arange(n_fine, dtype=torch.float64, device=pole.device)
+    j = torch.arange(n_coarse, dtype=torch.float64, device=pole.device)
+    fine = torch.exp(pole.unsqueeze(-1) * k)  # (B, M, L): z^k
+    coarse = torch.exp(pole.unsqueeze(-1) * (n_fine * j))  # (B, M, N / L): z^(L j)
+    y = torch.einsum("bmj,bmk->bjk", weight.unsqueeze(-1) * coarse, fine).imag  # y[L j + k]
+    y = y.reshape(y.shape[0], n_coarse * n_fine)[:, :n_samples]
     peak = y.abs().amax(dim=-1, keepdim=True)
     x = y / peak.clamp_min(torch.finfo(torch.float64).tiny)
     return _finish(x, theta)
