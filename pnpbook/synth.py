@@ -212,7 +212,7 @@ def ftm(theta: torch.Tensor, sr: float = 22050.0, n_samples: int = 2**16) -> tor
     (N / L, modes) matrix by a (modes, L) matrix, each entry an exact ``exp``
     (no recursion, so no accumulated rounding).  This avoids the
     (B, modes, N) array of ``exp(-a t) sin(Omega t)``: same result to 1e-13,
-    30 to 60 times faster at the presets and far less memory under ``jacfwd``
+    20 to 60 times faster at the presets and far less memory under ``jacfwd``
     (``benchmarks/synth_speed.py``).
 
     Parameters
