@@ -63,6 +63,12 @@ class JTFSConfig:
         Frequential wavelets per octave.
     F : int or None
         Width (rows) of the frequential averaging of spinned paths; None: no averaging.
+    oversampling : int
+        Subsample each scattering output ``2**oversampling`` times less than its
+        bandwidth allows.  The modulus is not band-limited: at critical
+        sampling, the time average of a decimated modulus carries an aliasing
+        ripple that moves fast with pitch-like parameters, and whose derivative
+        pollutes the Jacobian.
     """
 
     N: int
@@ -71,6 +77,7 @@ class JTFSConfig:
     J_fr: int = 3
     Q_fr: int = 1
     F: int | None = 2
+    oversampling: int = 1
 
     def __post_init__(self) -> None:
         if not (isinstance(self.N, int) and self.N >= 2 ** (self.J + 1)):
@@ -78,6 +85,8 @@ class JTFSConfig:
         if self.J < 1 or self.J_fr < 1 or min(self.Q) < 1 or self.Q_fr < 1:
             raise ValueError(f"J, J_fr, Q and Q_fr must be >= 1, got J={self.J}, J_fr={self.J_fr}, "
                              f"Q={self.Q}, Q_fr={self.Q_fr}")
+        if self.oversampling < 0:
+            raise ValueError(f"oversampling must be >= 0, got {self.oversampling}")
         if self.F is not None and (self.F < 1 or self.F & (self.F - 1)):
             raise ValueError(f"F must be None or a power of two >= 1, got {self.F}")
 
@@ -142,6 +151,9 @@ class JTFS:
         self.psi2 = psi2
         self.j1 = [int(p["j"]) for p in psi1]
         self.j2 = [int(p["j"]) for p in psi2]
+        # log2 of the subsampling of each first- and second-order output
+        self.k1 = [max(j - c.oversampling, 0) for j in self.j1]
+        self.k2 = [max(j - c.oversampling, 0) for j in self.j2]
         # first-order rows, padded so that every frequential subsampling divides the length
         n_in = len(psi1)
         step = 2**c.J_fr
@@ -159,8 +171,8 @@ class JTFS:
             self.log2_f = int(math.log2(c.F))
         self.paths = self._path_table()
         # first-order filters grouped by subsampling; kymatio orders them by decreasing frequency,
-        # so j1 is non-decreasing in n1 and each group is a contiguous run of rows
-        self._j1_groups = {j: [n for n, j1 in enumerate(self.j1) if j1 == j] for j in sorted(set(self.j1))}
+        # so k1 is non-decreasing in n1 and each group is a contiguous run of rows
+        self._j1_groups = {k: [n for n, k1 in enumerate(self.k1) if k1 == k] for k in sorted(set(self.k1))}
         assert [n for idx in self._j1_groups.values() for n in idx] == list(range(len(self.j1)))
         n1_maxes = {sum(j1 < j2 for j1 in self.j1) for j2 in self.j2} - {0}
         self._fr_numpy = {(len(self.psi1), (0, 1)): self._fr_operator(len(self.psi1), (0, 1))}
@@ -256,8 +268,8 @@ class JTFS:
             t = lambda a, dt: torch.as_tensor(np.asarray(a), dtype=dt, device=like.device)
             ops = {"psi1": {j: t(np.stack([self.psi1[n]["levels"][0] for n in idx]), real)
                             for j, idx in self._j1_groups.items()},
-                   "psi2": {(n2, j): t(_decimated(self.psi2[n2]["levels"][0], j), real)
-                            for n2, j2 in enumerate(self.j2) for j in self._j1_groups if j < j2},
+                   "psi2": {(n2, k): t(_decimated(self.psi2[n2]["levels"][0], k), real)
+                            for n2 in range(len(self.j2)) for k in self._j1_groups},
                    "fr": {}}
             for key_fr, (W, A) in self._fr_numpy.items():
                 ops["fr"][key_fr] = (t(W, cplx), t(A, real))
@@ -294,13 +306,13 @@ class JTFS:
         parts = [x_pad.mean(-1, keepdim=True), (S1.to(W.dtype) @ W).abs() @ A]
         U1_hat = {j: torch.fft.fft(u) for j, u in U1.items()}
         for n2, j2 in enumerate(self.j2):
-            groups = [j for j in U1_hat if j < j2]
-            if not groups:
+            lower = [n1 for n1, j1 in enumerate(self.j1) if j1 < j2]  # rows this psi2 sees
+            if not lower:
                 continue
-            # Y2 = U1 * psi2, decimated to 2**j2: (B, n1_max, n_pad / 2**j2), complex
-            Y2 = torch.cat([torch.fft.ifft(_periodize(U1_hat[j] * ops["psi2"][(n2, j)], 2 ** (j2 - j)))
-                            for j in groups], dim=1)
-            W, A = ops["fr"][(Y2.shape[1], (0, 1, -1))]
+            # Y2 = U1 * psi2, decimated to 2**k2: (B, n1_max, n_pad / 2**k2), complex
+            Y2 = torch.cat([torch.fft.ifft(_periodize(U1_hat[k] * ops["psi2"][(n2, k)], 2 ** (self.k2[n2] - k)))
+                            for k in U1_hat if k <= self.k2[n2]], dim=1)[:, :len(lower)]
+            W, A = ops["fr"][(len(lower), (0, 1, -1))]
             parts.append((Y2.transpose(1, 2) @ W).abs().mean(1) @ A)
         S = torch.cat(parts, dim=1)
         return S if batched else S.squeeze(0)
