@@ -4,8 +4,12 @@ Subcommands
 -----------
 render
     Write a fold (or its first n items) to WAV files, with a parameter table
-    and a manifest.  Later issues add ``precompute``, ``train``, ``evaluate``
-    and ``run``.
+    and a manifest.
+calibrate
+    Choose the log compression ``c`` of Phi for a preset (1 / median S) and
+    write it, with its check on a second subset, to ``data/results/``.
+
+Later issues add ``precompute``, ``train``, ``evaluate`` and ``run``.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from pnpbook import config, data
+from pnpbook import config, data, jtfs
 from pnpbook.provenance import provenance, write_atomic
 from pnpbook.synth import SYNTHS
 
@@ -63,6 +67,24 @@ def render(args: argparse.Namespace) -> int:
     return 0
 
 
+def calibrate(args: argparse.Namespace) -> int:
+    """Calibrate c for one preset and write ``data/results/calibration_SYNTH_SCALE.json``."""
+    synth = SYNTHS[args.synth].at(args.scale)
+    out = Path(args.out or Path("data") / "results" / f"calibration_{synth.name}_{synth.scale}.json")
+    if out.exists() and not args.force:
+        print(f"error: {out} exists; pass --force to overwrite", file=sys.stderr)
+        return 2
+    result = jtfs.calibrate(synth, n=args.n)
+    result.update({"synth": synth.name, "scale": synth.scale, "jtfs": dict(config.preset(synth.name, synth.scale)["jtfs"]),
+                   "provenance": provenance()})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
+    print(f"{synth.name}/{synth.scale}: c = {result['c']:.6g} (1 / median S over {args.n} train items); "
+          f"median on the next {args.n}: {result['median_check']:.6g} "
+          f"({100 * result['relative_difference']:.1f} % apart); wrote {out}")
+    return 0
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -89,6 +111,17 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--batch", type=_positive, default=16, help="items rendered per call")
     r.add_argument("--force", action="store_true", help="overwrite existing files")
     r.set_defaults(func=render)
+    c = sub.add_parser("calibrate", help="choose c of Phi = log1p(c S) for a preset (1 / median S)",
+                       description="Compute c = 1 / median of the JTFS coefficients over the first N train "
+                                   "items of a preset, check it on the next N, and write the result with its "
+                                   "provenance to data/results/calibration_SYNTH_SCALE.json.")
+    c.add_argument("--synth", choices=sorted(SYNTHS), required=True)
+    c.add_argument("--scale", choices=config.SCALES, default=None,
+                   help=f"preset (default: ${config.SCALE_ENV} or {config.DEFAULT_SCALE})")
+    c.add_argument("--n", type=_positive, default=256, help="items per subset (default 256)")
+    c.add_argument("--out", default=None, help="results file (default: data/results/calibration_SYNTH_SCALE.json)")
+    c.add_argument("--force", action="store_true", help="overwrite an existing results file")
+    c.set_defaults(func=calibrate)
     return p
 
 

@@ -50,24 +50,36 @@ def _freeze(d: Mapping[str, Any]) -> Mapping[str, Any]:
 
 #: Per (synth, scale): what the preset changes from the paper's record.
 #: ``ranges`` are (low, high) in physical units (Hz, s, dimensionless);
-#: ``folds`` is how many items of each fold the scale uses (None: all).
+#: ``folds`` is how many items of each fold the scale uses (None: all);
+#: ``jtfs`` the JTFS settings (:class:`pnpbook.jtfs.JTFSConfig`, N is the signal
+#: length; ``paper`` follows the authors' kymatio-0.4 settings: J = 13,
+#: Q = (12, 1), J_fr = 3, Q_fr = 1, F = 2, global time averaging); ``c`` the
+#: log compression of Phi = log1p(c S), 1 / median S over 256 train samples,
+#: written by ``python -m pnpbook calibrate`` (results in
+#: ``data/results/calibration_SYNTH_SCALE.json``; None until it has run).
 PRESETS: Mapping[str, Mapping[str, Mapping[str, Any]]] = _freeze({
     "amchirp": {
         "tiny": {
             "sr": 4096, "n_samples": 2**13,
             "ranges": {"gamma": (1.0, 4.0)},
             "folds": {"train": 256, "val": 64, "test": 64},
+            "jtfs": {"J": 10, "Q": (8, 1), "J_fr": 3, "Q_fr": 1, "F": 2},
+            "c": 17995.8,  # data/results/calibration_amchirp_tiny.json
             "note": "2 s at 4096 Hz; gamma >= 1 keeps +-5 sigma = +-1/gamma s inside the signal",
         },
         "small": {
             "sr": 4096, "n_samples": 2**14,
             "ranges": {},
             "folds": {"train": 8192, "val": 1024, "test": 1024},
+            "jtfs": {"J": 12, "Q": (12, 1), "J_fr": 3, "Q_fr": 1, "F": 2},
+            "c": None,
             "note": "the paper's 4 s and ranges at half the sample rate",
         },
         "paper": {
             "ranges": {},
             "folds": {"train": None, "val": None, "test": None},
+            "jtfs": {"J": 13, "Q": (12, 1), "J_fr": 3, "Q_fr": 1, "F": 2},
+            "c": None,
             "note": "the paper's settings (spec section 2)",
         },
     },
@@ -76,17 +88,23 @@ PRESETS: Mapping[str, Mapping[str, Mapping[str, Any]]] = _freeze({
             "sr": 8192, "n_samples": 2**13,
             "ranges": {"tau": (0.07, 0.25)},
             "folds": {"train": 256, "val": 64, "test": 64},
+            "jtfs": {"J": 10, "Q": (8, 1), "J_fr": 3, "Q_fr": 1, "F": 2},
+            "c": 26605.8,  # data/results/calibration_ftm_tiny.json
             "note": "1 s at 8192 Hz; tau <= 0.25 s leaves >= 4 tau of ringing",
         },
         "small": {
             "sr": 11025, "n_samples": 2**15,
             "ranges": {},
             "folds": {"train": 8192, "val": 1024, "test": 1024},
+            "jtfs": {"J": 12, "Q": (12, 1), "J_fr": 3, "Q_fr": 1, "F": 2},
+            "c": None,
             "note": "the paper's 2.97 s and ranges at half the sample rate",
         },
         "paper": {
             "ranges": {},
             "folds": {"train": None, "val": None, "test": None},
+            "jtfs": {"J": 13, "Q": (12, 1), "J_fr": 3, "Q_fr": 1, "F": 2},
+            "c": None,
             "note": "the paper's settings (spec section 3)",
         },
     },
