@@ -15,13 +15,14 @@ import pnpbook
 
 
 def git_commit(path: str | Path | None = None) -> str | None:
-    """The checkout's commit, suffixed ``-dirty`` if it has uncommitted changes; None outside git."""
+    """The checkout's commit, suffixed ``-dirty`` if tracked files outside ``data/results`` changed; None outside git."""
     cwd = Path(path or Path(pnpbook.__file__).parent)
     try:
         run = lambda *a: subprocess.run(["git", *a], cwd=cwd, capture_output=True, text=True,
                                         check=True, timeout=10).stdout.strip()
         commit = run("rev-parse", "HEAD")
-        dirty = run("status", "--porcelain", "--untracked-files=no")
+        # results files are outputs: rewriting one does not make the code that writes the next one dirty
+        dirty = run("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(exclude,top)data/results")
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("-dirty" if dirty else "")
