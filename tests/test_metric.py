@@ -20,7 +20,7 @@ def setup(name):
     synth = SYNTHS[name].at("tiny")
     scaler = data.train_scaler(synth)
     f = pnp_forward(synth, OP, scaler, c=1e3)
-    nu = scaler(torch.from_numpy(data.fold(synth, "val", n=3).theta.copy()))
+    nu = scaler(torch.from_numpy(data.fold(synth, "val", n=2).theta.copy()))
     return f, nu
 
 
@@ -51,7 +51,7 @@ def test_jacobian_matches_central_differences(case):
     for k in range(nu.shape[1]):
         e = torch.zeros_like(nu[b])
         e[k] = 1.0
-        central = [(f(nu[b] + h * e) - f(nu[b] - h * e)) / (2 * h) for h in 1e-3 / 2.0 ** np.arange(11)]
+        central = [(f(nu[b] + h * e) - f(nu[b] - h * e)) / (2 * h) for h in 1e-3 / 2.0 ** np.arange(8)]
         estimates = [(4 * fine - coarse) / 3 for coarse, fine in zip(central, central[1:])]
         gaps = [float((a - c).norm()) for a, c in zip(estimates, estimates[1:])]
         fd = estimates[int(np.argmin(gaps)) + 1]
@@ -70,7 +70,7 @@ def test_spectrum_from_singular_values(case):
     assert bool((noise_floor(J) < sig2[:, 0]).all())
 
 
-@pytest.mark.parametrize("b", [0, 1, 2])
+@pytest.mark.parametrize("b", [0, 1])
 def test_quadratic_model_error_is_first_order(b):
     """||Phi(g(nu + dnu)) - Phi(g(nu))||^2 / (dnu^T M dnu) -> 1, with an error of order ||dnu||:
     a log-log slope of about 1 over three decades of ||dnu||.
@@ -83,7 +83,7 @@ def test_quadratic_model_error_is_first_order(b):
     direction = torch.tensor([0.6, -0.3, 0.5], dtype=torch.float64)
     direction = direction / direction.norm()
     y0 = f(nu[b])
-    sizes = np.logspace(-4, -1, 7)
+    sizes = np.logspace(-4, -1, 4)
     errors = []
     for s in sizes:
         dnu = s * direction
