@@ -45,6 +45,13 @@ from kymatio.scattering1d.filter_bank import scattering_filter_factory
 from pnpbook import config, data
 from pnpbook.synth import Synth
 
+#: Columns of a frequential operator whose averaging weights are below this fraction of the
+#: largest are dropped (see :meth:`JTFS._fr_operator`).
+_PRUNE = 1e-13
+
+#: Time samples per chunk of the joint modulus: bounds memory at B x 4096 x C complex numbers.
+_TIME_CHUNK = 4096
+
 #: The six path families, in the order of the output vector.
 FAMILIES: tuple[str, ...] = ("S0", "S1_phi_fr", "S1_psi_fr", "psi_phi_fr", "psi_psi_up", "psi_psi_down")
 
@@ -252,7 +259,7 @@ class JTFS:
                 a = np.fft.ifft(_periodize_np(avg_hat, 2 ** (self.log2_f - k)), axis=-1).real[:, :rows]
             else:
                 a = np.eye(m)[:, :rows]
-            used = np.abs(a).max(1) > 1e-13 * np.abs(a).max()
+            used = np.abs(a).max(1) > _PRUNE * np.abs(a).max()
             w_blocks.append(w[:, used])
             a_blocks.append(a[used])
         width = sum(a.shape[1] for a in a_blocks)
@@ -317,7 +324,10 @@ class JTFS:
             Y2 = torch.cat([torch.fft.ifft(_periodize(U1_hat[k] * ops["psi2"][(n2, k)], 2 ** (self.k2[n2] - k)))
                             for k in U1_hat if k <= self.k2[n2]], dim=1)[:, :len(lower)]
             W, A = ops["fr"][(len(lower), (0, 1, -1))]
-            parts.append((Y2.transpose(1, 2) @ W).abs().mean(1) @ A)
+            # |Y2^T W| averaged over time, in time chunks so that the (B, T2, C) modulus never exists whole
+            Yt = Y2.transpose(1, 2)
+            total = sum((chunk @ W).abs().sum(1) for chunk in Yt.split(_TIME_CHUNK, dim=1))
+            parts.append(total / Yt.shape[1] @ A)
         S = torch.cat(parts, dim=1)
         return S if batched else S.squeeze(0)
 
