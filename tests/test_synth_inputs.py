@@ -15,7 +15,7 @@ import torch
 from torch.func import jacfwd, jacrev, vmap
 
 from pnpbook import config
-from pnpbook.synth import SYNTHS, Synth, amchirp, ftm
+from pnpbook.synth import SYNTHS, amchirp, ftm
 
 #: The paper's settings (spec 2 and 3): sample rate, length, physical ranges
 #: (low, high, unit) and whether theta holds log10 of the value.
