@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from timing import median_time
 
 SETTINGS = {"J": 13, "Q": [12, 1], "J_fr": 3, "Q_fr": 1, "F": 2}
 
@@ -33,16 +32,6 @@ SETTINGS = {"J": 13, "Q": [12, 1], "J_fr": 3, "Q_fr": 1, "F": 2}
 def rss_mib() -> float:
     """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def worker(kind: str, signals_path: str, out_path: str, repeats: int) -> None:
@@ -83,14 +72,14 @@ def worker(kind: str, signals_path: str, out_path: str, repeats: int) -> None:
     base = rss_mib()
     S = torch.cat([forward(part) for part in x.split(4)]).double().numpy()
     one, four = x[:1], x[:4]
-    t1 = timed(lambda: forward(one), repeats)
-    t4 = timed(lambda: forward(four), repeats)
+    t1 = median_time(lambda: forward(one), repeats)
+    t4 = median_time(lambda: forward(four), repeats)
 
     def fwd_bwd():
         v = one.clone().requires_grad_()
         forward(v).sum().backward()
 
-    tb = timed(fwd_bwd, repeats)
+    tb = median_time(fwd_bwd, repeats)
     result = {"P": int(S.shape[1]), "forward_b1_s": t1, "forward_b4_s": t4, "forward_backward_b1_s": tb,
               "peak_mib_above_baseline": rss_mib() - base, "threads": torch.get_num_threads()}
     np.savez(out_path, S=S, gains=np.array([g for _, g in gains]) if gains else np.ones(S.shape[1]),

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 from torch.func import jacfwd
+
+from timing import median_time
 
 from pnpbook import config, data
 from pnpbook.provenance import provenance, write_atomic
@@ -33,17 +33,6 @@ def ftm_direct(theta: torch.Tensor, sr: float, n_samples: int) -> torch.Tensor:
     ringing = torch.exp(-modes["a"].unsqueeze(-1) * t) * torch.sin(modes["Omega"].unsqueeze(-1) * t)
     y = torch.einsum("bm,bmn->bn", modes["amp"] * modes["kept"], ringing)
     return y / y.abs().amax(dim=-1, keepdim=True)
-
-
-def median_time(fn, repeats: int) -> float:
-    """Median wall time of ``fn()`` in seconds over ``repeats`` calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
