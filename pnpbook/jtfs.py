@@ -128,8 +128,11 @@ class Path:
     spin: int
 
 
-def _periodize(h_hat: torch.Tensor, factor: int) -> torch.Tensor:
-    """Subsample by ``factor`` in time: average the spectrum's ``factor`` periods (last axis)."""
+def _periodize(h_hat, factor: int):
+    """Subsample by ``factor`` in time: average the spectrum's ``factor`` periods (last axis).
+
+    Works on torch tensors and NumPy arrays alike (the operators are built in NumPy).
+    """
     if factor == 1:
         return h_hat
     return h_hat.reshape(*h_hat.shape[:-1], factor, h_hat.shape[-1] // factor).mean(-2)
@@ -183,8 +186,8 @@ class JTFS:
         self.paths = self._path_table()
         # first-order filters grouped by subsampling; kymatio orders them by decreasing frequency,
         # so k1 is non-decreasing in n1 and each group is a contiguous run of rows
-        self._j1_groups = {k: [n for n, k1 in enumerate(self.k1) if k1 == k] for k in sorted(set(self.k1))}
-        assert [n for idx in self._j1_groups.values() for n in idx] == list(range(len(self.j1)))
+        self._k1_groups = {k: [n for n, k1 in enumerate(self.k1) if k1 == k] for k in sorted(set(self.k1))}
+        assert [n for idx in self._k1_groups.values() for n in idx] == list(range(len(self.j1)))
         n1_maxes = {sum(j1 < j2 for j1 in self.j1) for j2 in self.j2} - {0}
         self._fr_numpy = {(len(self.psi1), (0, 1)): self._fr_operator(len(self.psi1), (0, 1))}
         self._fr_numpy.update({(m, (0, 1, -1)): self._fr_operator(m, (0, 1, -1)) for m in n1_maxes})
@@ -251,12 +254,12 @@ class JTFS:
                 continue
             j = self.fr_j[n_fr]
             k = j if self.config.F is None else min(j, self.log2_f)
-            w = np.fft.ifft(_periodize_np(eye_hat * h, 2**k), axis=-1)  # (n1_max, n_fr / 2**k)
+            w = np.fft.ifft(_periodize(eye_hat * h, 2**k), axis=-1)  # (n1_max, n_fr / 2**k)
             rows = len(self._n1_rows(n1_max, n_fr))
             m = w.shape[1]
             if spin != 0 and self.config.F is not None:
                 avg_hat = np.fft.fft(np.eye(m), axis=-1) * _decimated(self.fr_avg, k)
-                a = np.fft.ifft(_periodize_np(avg_hat, 2 ** (self.log2_f - k)), axis=-1).real[:, :rows]
+                a = np.fft.ifft(_periodize(avg_hat, 2 ** (self.log2_f - k)), axis=-1).real[:, :rows]
             else:
                 a = np.eye(m)[:, :rows]
             used = np.abs(a).max(1) > _PRUNE * np.abs(a).max()
@@ -278,9 +281,9 @@ class JTFS:
             cplx = torch.complex128 if real == torch.float64 else torch.complex64
             t = lambda a, dt: torch.as_tensor(np.asarray(a), dtype=dt, device=like.device)
             ops = {"psi1": {j: t(np.stack([self.psi1[n]["levels"][0] for n in idx]), real)
-                            for j, idx in self._j1_groups.items()},
+                            for j, idx in self._k1_groups.items()},
                    "psi2": {(n2, k): t(_decimated(self.psi2[n2]["levels"][0], k), real)
-                            for n2 in range(len(self.j2)) for k in self._j1_groups},
+                            for n2 in range(len(self.j2)) for k in self._k1_groups},
                    "fr": {}}
             for key_fr, (W, A) in self._fr_numpy.items():
                 ops["fr"][key_fr] = (t(W, cplx), t(A, real))
@@ -334,11 +337,6 @@ class JTFS:
     __call__ = scattering
 
 
-def _periodize_np(h_hat: np.ndarray, factor: int) -> np.ndarray:
-    """NumPy twin of :func:`_periodize` for building operators."""
-    return h_hat.reshape(*h_hat.shape[:-1], factor, h_hat.shape[-1] // factor).mean(-2)
-
-
 def _decimated(h_hat: np.ndarray, k: int) -> np.ndarray:
     """The filter to apply to a signal decimated by ``2**k``, shape (len(h_hat) / 2**k,).
 
@@ -346,8 +344,7 @@ def _decimated(h_hat: np.ndarray, k: int) -> np.ndarray:
     decimated band this is the filter's value at the same physical
     frequencies, so filtering then decimating equals decimating then filtering.
     """
-    h = np.asarray(h_hat)
-    return h.reshape(2**k, -1).sum(0)
+    return _periodize(np.asarray(h_hat), 2**k) * 2**k
 
 
 def phi(S: torch.Tensor, c: float) -> torch.Tensor:
