@@ -1,4 +1,5 @@
 """``python -m pnpbook``: the command-line tool (see :mod:`pnpbook.cli`)."""
 from pnpbook.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    raise SystemExit(main())

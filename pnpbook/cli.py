@@ -9,13 +9,19 @@ calibrate
     Choose the log compression ``c`` of Phi for a preset (1 / median S) and
     write it, with its check on a second subset, to ``data/results/``.
 
-Later issues add ``precompute``, ``train``, ``evaluate`` and ``run``.
+precompute
+    Compute the PNP metric M = J^T J for a fold into a metric store
+    (:mod:`pnpbook.store`): resumable, in worker processes or under
+    ``torchrun``; ``--estimate`` predicts its time and disk first.
+
+Later issues add ``train``, ``evaluate`` and ``run``.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,7 +29,7 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from pnpbook import config, data, jtfs
+from pnpbook import config, data, jtfs, store
 from pnpbook.provenance import provenance, write_atomic
 from pnpbook.synth import SYNTHS
 
@@ -85,6 +91,31 @@ def calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def precompute(args: argparse.Namespace) -> int:
+    """Compute (or resume) a metric store, or with ``--estimate`` predict its cost."""
+    req = store.Request(synth=args.synth, scale=config.get_scale(args.scale), fold=args.fold, n=args.n,
+                        dtype=args.dtype, save_J=args.save_J, chunk=args.chunk)
+    workers = args.workers or os.cpu_count() or 1
+    if args.estimate:
+        e = store.estimate(req, n_timed=args.estimate_samples, workers=workers)
+        print(f"{req.synth}/{req.scale}/{req.fold}: {e['n']} samples\n"
+              f"  start-up (build, first Jacobian): {e['startup_s']:.2f} s\n"
+              f"  per sample: {e['per_sample_s']:.3f} s (timed on {args.estimate_samples}, "
+              f"{torch.get_num_threads()} threads), {e['per_sample_bytes']} bytes on disk\n"
+              f"  whole fold with {workers} worker(s): {_duration(e['total_s'])}, "
+              f"{e['total_bytes'] / 2**20:.2f} MiB of data (+ a few KiB of HDF5 metadata)")
+        return 0
+    path = store.precompute(req, args.out, workers=workers, device=args.device, force=args.force)
+    if int(os.environ.get("RANK", "0")) == 0:
+        s = store.read(path)
+        print(f"{path}: M for {len(s)} {s.fold} samples of {req.synth}/{req.scale}, config {s.hash[:12]}")
+    return 0
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -122,6 +153,29 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default=None, help="results file (default: data/results/calibration_SYNTH_SCALE.json)")
     c.add_argument("--force", action="store_true", help="overwrite an existing results file")
     c.set_defaults(func=calibrate)
+    m = sub.add_parser("precompute", help="compute the PNP metric M for a fold (resumable)",
+                       description="Compute M = J^T J of nu -> Phi(g(h^-1(nu))) for the first N items of a fold "
+                                   "into one HDF5 metric store, chunk by chunk (atomic writes; rerun the same "
+                                   "command to resume after a crash). Under torchrun, chunks are sharded over "
+                                   "ranks.")
+    m.add_argument("--synth", choices=sorted(SYNTHS), required=True)
+    m.add_argument("--scale", choices=config.SCALES, default=None,
+                   help=f"preset (default: ${config.SCALE_ENV} or {config.DEFAULT_SCALE})")
+    m.add_argument("--fold", choices=data.FOLDS, default="train")
+    m.add_argument("--n", "--n-items", dest="n", type=_positive, default=None,
+                   help="first n items of the fold (default: the preset's); under torchrun write --n-items, "
+                        "since torchrun's own parser takes --n for an abbreviation of its options")
+    m.add_argument("--dtype", choices=sorted(store.DTYPES), default="float32", help="precision of J (M is float64)")
+    m.add_argument("--save-J", action="store_true", help="also store J (n x P x d)")
+    m.add_argument("--chunk", type=_positive, default=8, help="samples per chunk file (default 8)")
+    m.add_argument("--workers", type=_positive, default=None,
+                   help="worker processes (default: one per CPU); ignored under torchrun")
+    m.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: cuda:LOCAL_RANK)")
+    m.add_argument("--out", default=None, help="store path (default: data/metric/SYNTH_SCALE_FOLD.h5)")
+    m.add_argument("--force", action="store_true", help="delete an existing store (or one in progress) first")
+    m.add_argument("--estimate", action="store_true", help="only time a few samples and predict time and disk")
+    m.add_argument("--estimate-samples", type=_positive, default=4, help="samples timed by --estimate")
+    m.set_defaults(func=precompute)
     return p
 
 

@@ -53,13 +53,17 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
         ``write(tmp_path)`` writes the whole content to ``tmp_path``.
 
     A crash leaves either the old file or the new one, never a partial file
-    (a leftover ``.*.tmp`` file at worst).
+    (a leftover ``.*.tmp`` file at worst).  The file gets the usual permissions
+    (0666 less the umask), not the private ones of a temporary file.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
