@@ -104,8 +104,8 @@ def precompute(args: argparse.Namespace) -> int:
         e = store.estimate(req, n_timed=args.estimate_samples, workers=workers)
         print(f"{req.synth}/{req.scale}/{req.fold}: {e['n']} samples\n"
               f"  start-up (build, first Jacobian): {e['startup_s']:.2f} s\n"
-              f"  per sample: {e['per_sample_s']:.3f} s (timed on {args.estimate_samples}, "
-              f"{torch.get_num_threads()} threads), {e['per_sample_bytes']} bytes on disk\n"
+              f"  per sample: {e['per_sample_s']:.3f} s (timed on {args.estimate_samples} with the threads "
+              f"of one worker), {e['per_sample_bytes']} bytes on disk\n"
               f"  whole fold with {workers} worker(s): {_duration(e['total_s'])}, "
               f"{e['total_bytes'] / 2**20:.2f} MiB of data (+ a few KiB of HDF5 metadata)")
         return 0

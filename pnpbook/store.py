@@ -597,7 +597,9 @@ def estimate(req: Request, n_timed: int = 4, workers: int = 1,
     n_timed : int
         Samples in the timed chunk.
     workers : int
-        Parallel workers the run would use: the per-sample time is divided by it.
+        Parallel workers the run would use: samples are timed with the threads
+        each worker would get (``cpus // workers``), and the per-sample time is
+        divided by ``workers``.
     timer : callable
         Clock in seconds (injectable for tests).
 
@@ -609,6 +611,15 @@ def estimate(req: Request, n_timed: int = 4, workers: int = 1,
         (n per_sample_bytes: the data; HDF5 adds a few KiB of metadata).
     """
     n = len(_selection(req))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))  # as each worker will run
+    try:
+        return _estimate(req, n, n_timed, workers, timer)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _estimate(req: Request, n: int, n_timed: int, workers: int, timer: Callable[[], float]) -> dict[str, Any]:
     t0 = timer()
     timed = dataclasses.replace(req, chunk=n_timed, n=None)
     eng = _engine(timed, "cpu")

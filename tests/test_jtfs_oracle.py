@@ -82,3 +82,23 @@ def test_negative_controls_rank_worse_on_near_pairs(case):
     families = np.array([p.family for p in op.paths])
     for control in (["S1_phi_fr", "S1_psi_fr"], ["psi_phi_fr"]):
         assert spearman(z, compress(ours[:, np.isin(families, control)]), oracle, "near") <= full - 0.05, control
+
+
+def test_time_reversal_swaps_spins_in_both():
+    """Over amchirp sounds and their time reversals, the spin asymmetry A = (E_up - E_down) / (E_up + E_down)
+    of the joint energy changes sign under reversal, in ours and in the oracle.  The issue also asks that our A
+    rank like the oracle's (Spearman >= 0.9); it cannot: the oracle barely separates spins (|A| < 0.003, with a
+    sign that does not follow the chirp direction) while ours, which follows the definition (checked against a
+    direct undecimated computation in test_jtfs.py), gives |A| of 0.70-0.85 with the chirp's sign.
+    The issue 3 note records the numbers."""
+    z, op, ours, oracle = load("amchirp")
+    families = np.array([p.family for p in op.paths])
+    asym = lambda E, up, down: (E[:, up].sum(1) - E[:, down].sum(1)) / (E[:, up].sum(1) + E[:, down].sum(1))
+    a_ours = asym(ours**2, families == "psi_psi_up", families == "psi_psi_down")
+    a_oracle = asym(oracle**2, z["family"] == "psi_psi_spin+1", z["family"] == "psi_psi_spin-1")
+    rev = np.flatnonzero(z["reversed"])
+    orig = z["base"][rev]
+    assert len(rev) >= 10
+    np.testing.assert_allclose(a_ours[rev], -a_ours[orig], atol=1e-3)
+    np.testing.assert_allclose(a_oracle[rev], -a_oracle[orig], atol=1e-4)
+    assert (np.abs(a_ours[orig]) > 0.5).all() and (np.abs(a_oracle[orig]) < 0.01).all()
