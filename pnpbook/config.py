@@ -72,7 +72,7 @@ PRESETS: Mapping[str, Mapping[str, Mapping[str, Any]]] = _freeze({
             "ranges": {},
             "folds": {"train": 8192, "val": 1024, "test": 1024},
             "jtfs": {"J": 12, "Q": (12, 1), "J_fr": 3, "Q_fr": 1, "F": 2},
-            "c": None,
+            "c": 1256385.1,  # data/results/calibration_amchirp_small.json
             "note": "the paper's 4 s and ranges at half the sample rate",
         },
         "paper": {
@@ -97,7 +97,7 @@ PRESETS: Mapping[str, Mapping[str, Mapping[str, Any]]] = _freeze({
             "ranges": {},
             "folds": {"train": 8192, "val": 1024, "test": 1024},
             "jtfs": {"J": 12, "Q": (12, 1), "J_fr": 3, "Q_fr": 1, "F": 2},
-            "c": None,
+            "c": 91784.6,  # data/results/calibration_ftm_small.json
             "note": "the paper's 2.97 s and ranges at half the sample rate",
         },
         "paper": {

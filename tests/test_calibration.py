@@ -12,16 +12,22 @@ from pnpbook.synth import SYNTHS
 RESULTS = Path(__file__).resolve().parents[1] / "data" / "results"
 
 
+@pytest.mark.parametrize("scale", config.SCALES)
 @pytest.mark.parametrize("name", ["amchirp", "ftm"])
-def test_recorded_c_comes_from_its_results_file(name):
-    """config's c is the calibration result (6 significant digits), and the check subset agrees within 10 %."""
-    result = json.loads((RESULTS / f"calibration_{name}_tiny.json").read_text())
-    synth = SYNTHS[name].at("tiny")
+def test_recorded_c_comes_from_its_results_file(name, scale):
+    """A preset has a c exactly when its calibration file exists; c is the file's result (to 6 significant
+    digits), computed at a clean commit with the preset's JTFS, and the check subset agrees within 10 %."""
+    path = RESULTS / f"calibration_{name}_{scale}.json"
+    assert (config.preset(name, scale)["c"] is not None) == path.exists()
+    if not path.exists():
+        return
+    result = json.loads(path.read_text())
+    synth = SYNTHS[name].at(scale)
     assert preset_c(synth) == pytest.approx(result["c"], rel=1e-5)
     assert result["relative_difference"] < 0.10 and result["n"] == 256
     assert result["jtfs"] == {k: list(v) if isinstance(v, tuple) else v
-                              for k, v in config.preset(name, "tiny")["jtfs"].items()}
-    assert result["provenance"]["commit"]
+                              for k, v in config.preset(name, scale)["jtfs"].items()}
+    assert result["provenance"]["commit"] and not result["provenance"]["commit"].endswith("-dirty")
 
 
 def test_calibration_is_one_over_the_median():
@@ -33,7 +39,9 @@ def test_calibration_is_one_over_the_median():
     assert result["subsets"] == [[items.ids[0], items.ids[2]], [items.ids[3], items.ids[5]]]
 
 
-def test_uncalibrated_preset_says_how_to_calibrate():
+def test_uncalibrated_preset_says_how_to_calibrate(monkeypatch):
+    preset = config.preset
+    monkeypatch.setattr(config, "preset", lambda name, scale=None: {**preset(name, scale), "c": None})
     with pytest.raises(ValueError, match="python -m pnpbook calibrate --synth ftm --scale paper"):
         preset_c(SYNTHS["ftm"].at("paper"))
 
