@@ -79,7 +79,7 @@ PRESETS: Mapping[str, Mapping[str, Mapping[str, Any]]] = _freeze({
             "ranges": {},
             "folds": {"train": None, "val": None, "test": None},
             "jtfs": {"J": 13, "Q": (12, 1), "J_fr": 3, "Q_fr": 1, "F": 2},
-            "c": None,
+            "c": 2864586.7,  # data/results/calibration_amchirp_paper.json
             "note": "the paper's settings (spec section 2)",
         },
     },
@@ -104,7 +104,7 @@ PRESETS: Mapping[str, Mapping[str, Mapping[str, Any]]] = _freeze({
             "ranges": {},
             "folds": {"train": None, "val": None, "test": None},
             "jtfs": {"J": 13, "Q": (12, 1), "J_fr": 3, "Q_fr": 1, "F": 2},
-            "c": None,
+            "c": 144106.3,  # data/results/calibration_ftm_paper.json
             "note": "the paper's settings (spec section 3)",
         },
     },
