@@ -17,21 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from timing import median_time
+from common import median_time, peak_rss_mib, write_result
 
 SETTINGS = {"J": 13, "Q": [12, 1], "J_fr": 3, "Q_fr": 1, "F": 2}
-
-
-def rss_mib() -> float:
-    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def worker(kind: str, signals_path: str, out_path: str, repeats: int) -> None:
@@ -48,16 +42,9 @@ def worker(kind: str, signals_path: str, out_path: str, repeats: int) -> None:
         forward = op
         gains = None
     else:
-        import scrapl  # noqa: F401  (puts kymatio main on sys.path)
-        from kymatio.torch import TimeFrequencyScattering
+        import kymatio_main
 
-        tfs = TimeFrequencyScattering(shape=(n,), J=SETTINGS["J"], Q=tuple(SETTINGS["Q"]), J_fr=SETTINGS["J_fr"],
-                                      Q_fr=SETTINGS["Q_fr"], F=SETTINGS["F"], T="global", format="time",
-                                      out_type="list")
-
-        def forward(v):
-            return torch.cat([p["coef"].reshape(v.shape[0], -1) for p in tfs(v)], dim=1)
-
+        tfs, forward = kymatio_main.build(n, SETTINGS)
         paths = tfs(x[:1])
         n_pad = int(tfs._N_padded) if hasattr(tfs, "_N_padded") else None
         psi2_j = [int(p["j"]) for p in tfs.psi2_f]
@@ -69,7 +56,7 @@ def worker(kind: str, signals_path: str, out_path: str, repeats: int) -> None:
                 gains.append(("S1", n_pad / 2.0 ** SETTINGS["J"]))
             else:  # second order: (n1, n2, n_fr)
                 gains.append(("S2", n_pad / 2.0 ** psi2_j[p["n"][1]]))
-    base = rss_mib()
+    base = peak_rss_mib()
     S = torch.cat([forward(part) for part in x.split(4)]).double().numpy()
     one, four = x[:1], x[:4]
     t1 = median_time(lambda: forward(one), repeats)
@@ -81,7 +68,7 @@ def worker(kind: str, signals_path: str, out_path: str, repeats: int) -> None:
 
     tb = median_time(fwd_bwd, repeats)
     result = {"P": int(S.shape[1]), "forward_b1_s": t1, "forward_b4_s": t4, "forward_backward_b1_s": tb,
-              "peak_mib_above_baseline": rss_mib() - base, "threads": torch.get_num_threads()}
+              "peak_mib_above_baseline": peak_rss_mib() - base, "threads": torch.get_num_threads()}
     np.savez(out_path, S=S, gains=np.array([g for _, g in gains]) if gains else np.ones(S.shape[1]),
              result=json.dumps(result))
 
@@ -111,7 +98,6 @@ def main() -> None:
     import torch
 
     from pnpbook import data
-    from pnpbook.provenance import provenance, write_atomic
     from pnpbook.synth import SYNTHS
 
     synth = SYNTHS["ftm"].at("paper")
@@ -141,11 +127,8 @@ def main() -> None:
           f"{kym['timing']['peak_mib_above_baseline']:.0f} MiB (ratio {memory_ratio:.2f})")
     result = {"benchmark": "jtfs_speed", "settings": SETTINGS, "n_samples": synth.n_samples, "checks_pass": same,
               "spearman": rho, "ours": ours["timing"], "kymatio_main": kym["timing"], "speedups": ratios,
-              "memory_ratio": memory_ratio, "provenance": provenance()}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
-    print(f"wrote {out}")
+              "memory_ratio": memory_ratio}
+    print(f"wrote {write_result(args.out, result)}")
 
 
 if __name__ == "__main__":

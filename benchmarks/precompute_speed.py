@@ -11,7 +11,6 @@ Usage: ``python benchmarks/precompute_speed.py [--presets ftm/tiny amchirp/tiny 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -19,6 +18,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_FTM_SAMPLES = 100_000
@@ -43,7 +44,6 @@ def estimate(synth: str, scale: str, n: int, workers: int, timed: int) -> dict[s
 
 def main() -> None:
     from pnpbook import config
-    from pnpbook.provenance import provenance, write_atomic
 
     calibrated = [f"{s}/{sc}" for s in ("amchirp", "ftm") for sc in config.SCALES if config.preset(s, sc)["c"]]
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -69,15 +69,12 @@ def main() -> None:
             print(f"{'':13s} {args.run_n}-sample run: predicted {predicted:.1f} s, measured {wall:.1f} s "
                   f"(measured / predicted {wall / predicted:.2f}; the run also pays Python and worker start-up)")
         rows[preset] = row
-    result = {"benchmark": "precompute_speed", "workers": args.workers, "presets": rows, "provenance": provenance()}
+    result = {"benchmark": "precompute_speed", "workers": args.workers, "presets": rows}
     if "ftm/paper" in rows:
         hours = PAPER_FTM_SAMPLES / rows["ftm/paper"]["samples_per_s"] / 3600
         result["paper_ftm_100k_hours"] = hours
         print(f"the paper's {PAPER_FTM_SAMPLES:,} FTM samples at the paper preset here: {hours:.1f} h")
-    out = ROOT / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
-    print(f"wrote {out}")
+    print(f"wrote {write_result(ROOT / args.out, result)}")
 
 
 if __name__ == "__main__":

@@ -13,16 +13,13 @@ Usage: ``python benchmarks/synth_speed.py [--repeats 5] [--out data/results/benc
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import torch
 from torch.func import jacfwd
 
-from timing import median_time
+from common import median_time, write_result
 
 from pnpbook import config, data
-from pnpbook.provenance import provenance, write_atomic
 from pnpbook.synth import SYNTHS, ftm, ftm_modes, ftm_time
 
 
@@ -68,11 +65,8 @@ def main() -> None:
         print(f"ftm {scale:6s} direct/factorised: forward {row['direct_s_per_item'] / row['factorised_s_per_item']:6.1f}x"
               f"  jacfwd {row['direct_s_per_jacobian'] / row['factorised_s_per_jacobian']:6.1f}x"
               f"  max |difference| {diff:.1e}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"benchmark": "synth_speed", "repeats": args.repeats, "rows": rows, "ftm_direct_vs_factorised": factorised, "provenance": provenance()}
-    write_atomic(out, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
-    print(f"wrote {out}")
+    result = {"benchmark": "synth_speed", "repeats": args.repeats, "rows": rows, "ftm_direct_vs_factorised": factorised}
+    print(f"wrote {write_result(args.out, result)}")
 
 
 if __name__ == "__main__":

@@ -28,8 +28,17 @@ the path's subsampling.  ``Phi(x) = log1p(c * S(x))`` with ``c`` calibrated per
 preset (see :mod:`pnpbook.config`).
 
 Everything is batched: filters with the same subsampling are applied in one
-tensor operation, there are no in-place writes and no custom autograd
-functions, so ``torch.func.jacfwd``/``vmap`` work through it.
+tensor operation, only on the spectral periods that survive their subsampling
+(:func:`_filter_subsample`); real signals are transformed by ``rfft``.  The
+joint modulus and time average, which dominates the cost, is one autograd
+function (:class:`_JointModulusMean`) that works a block of time samples at a
+time and recomputes blocks for its derivatives instead of storing them; it
+has a forward-mode rule that needs no tangent of the joint paths
+(:class:`_JointModulusMeanTangent`) and a ``vmap`` rule, so reverse mode,
+``torch.func.jacfwd`` and ``vmap`` all work through the operator (the
+forward-mode rule itself is not differentiable).  A batch is computed in passes of at most
+:data:`_PASS` padded samples.  ``benchmarks/jtfs_speed.py`` and
+``benchmarks/jacobian_speed.py`` measure time and memory against kymatio main.
 """
 from __future__ import annotations
 
@@ -45,12 +54,17 @@ from kymatio.scattering1d.filter_bank import scattering_filter_factory
 from pnpbook import config, data
 from pnpbook.synth import Synth
 
-#: Columns of a frequential operator whose averaging weights are below this fraction of the
-#: largest are dropped (see :meth:`JTFS._fr_operator`).
+#: Negligible parts of linear operators are dropped below this fraction of the largest value:
+#: columns of a frequential operator (see :meth:`JTFS._fr_operator`) and spectral periods of a
+#: time filter before subsampling (see :func:`_filter_subsample`).
 _PRUNE = 1e-13
 
-#: Time samples per chunk of the joint modulus: bounds memory at B x 4096 x C complex numbers.
-_TIME_CHUNK = 4096
+#: Numbers per block of the joint modulus (time samples x batch x 2C): bounds its working memory.
+_BLOCK = 2**19
+
+#: Padded samples per pass of the scattering: a larger batch is computed in passes of this
+#: size, which bounds the working memory (larger passes are not faster).
+_PASS = 2**17
 
 #: The six path families, in the order of the output vector.
 FAMILIES: tuple[str, ...] = ("S0", "S1_phi_fr", "S1_psi_fr", "psi_phi_fr", "psi_psi_up", "psi_psi_down")
@@ -138,6 +152,242 @@ def _periodize(h_hat, factor: int):
     return h_hat.reshape(*h_hat.shape[:-1], factor, h_hat.shape[-1] // factor).mean(-2)
 
 
+def _periods(h_hat: np.ndarray, factor: int) -> list[tuple[int, np.ndarray]]:
+    """The terms of ``_periodize(h_hat, factor)`` worth computing, for :func:`_filter_subsample`.
+
+    Parameters
+    ----------
+    h_hat : ndarray, shape (F, T) or (T,)
+        Real filter spectra (F filters that share the subsampling).
+    factor : int
+        Subsampling, a power of two dividing T.
+
+    Returns
+    -------
+    list of (int, ndarray)
+        ``(p, h_hat[..., p L:(p + 1) L] / factor)`` with ``L = T / factor``, for
+        the periods p where some filter exceeds :data:`_PRUNE` times its
+        largest value: one or two of them, as the subsampling follows each
+        filter's bandwidth.
+    """
+    h = np.asarray(h_hat).reshape(-1, h_hat.shape[-1])
+    L = h.shape[-1] // factor
+    peaks = np.abs(h).reshape(len(h), factor, L).max(-1)  # (F, factor)
+    kept = np.flatnonzero((peaks > _PRUNE * np.abs(h).max(-1, keepdims=True)).any(0))
+    return [(int(p), h_hat[..., p * L:(p + 1) * L] / factor) for p in kept]
+
+
+def _two_sided(z_rfft: torch.Tensor, n: int, start: int, stop: int) -> torch.Tensor:
+    """Bins ``start`` to ``stop - 1`` of the spectrum of real signals of length n, from their rfft.
+
+    Bins above ``n / 2`` are the conjugates of the mirrored ones (``X[n - m] = conj X[m]``).
+
+    Parameters
+    ----------
+    z_rfft : Tensor, shape (..., n // 2 + 1)
+        ``torch.fft.rfft`` of the signals.
+    n : int
+        Signal length.
+    start, stop : int
+        Bin range, ``0 <= start < stop <= n``.
+
+    Returns
+    -------
+    Tensor, shape (..., stop - start)
+    """
+    half = n // 2 + 1
+    parts = []
+    if start < half:
+        parts.append(z_rfft[..., start:min(stop, half)])
+    if stop > half:
+        parts.append(z_rfft[..., n - stop + 1:n - max(start, half) + 1].flip(-1).conj())
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+
+def _filter_subsample(z_rfft: torch.Tensor, n: int, periods: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+    """Filter real signals and subsample the result: ``_periodize(z_hat * h_hat, factor)``, kept periods only.
+
+    Parameters
+    ----------
+    z_rfft : Tensor, shape (..., n // 2 + 1)
+        ``torch.fft.rfft`` of real signals of length n (``z_hat`` their full spectra).
+    n : int
+        Signal length.
+    periods : list of (int, Tensor)
+        :func:`_periods` of the filters ``h_hat``, each piece (F, L) or (L,), real.
+
+    Returns
+    -------
+    Tensor, shape (..., F, L) or (..., L)
+        The spectra of the filtered signals subsampled by ``factor = n / L``
+        (broadcast as ``z_hat * piece``), complex.
+    """
+    L = periods[0][1].shape[-1]
+    out = None
+    for p, h in periods:
+        term = _two_sided(z_rfft, n, p * L, (p + 1) * L) * h
+        out = term if out is None else out + term
+    return out
+
+
+def _blocks(Y: torch.Tensor, Wb: torch.Tensor):
+    """The joint paths a block of time samples at a time: ``Y^T W`` in real block form.
+
+    Parameters
+    ----------
+    Y : Tensor, shape (B, R, T)
+        Complex rows.
+    Wb : Tensor, shape (2R, 2C)
+        ``[[Re W, Im W], [-Im W, Re W]]`` for a complex (R, C) operator ``W``.
+
+    Yields
+    ------
+    start : int
+        First time sample of the block.
+    P : Tensor, shape (Tb, B, 2C)
+        Real parts, then imaginary parts, of ``sum_r Y[b, r, t] W[r, c]`` at the
+        time samples ``start`` to ``start + Tb`` (Tb B 2C is about :data:`_BLOCK`).
+    """
+    B, R, T = Y.shape
+    Yr = torch.view_as_real(Y).permute(2, 0, 3, 1)  # (T, B, 2, R), a view
+    step = 2 ** max(0, (_BLOCK // (B * Wb.shape[1])).bit_length() - 1)  # a power of two, as T is
+    for start in range(0, T, step):
+        Yb = Yr[start:start + step].reshape(-1, 2 * R)  # (Tb B, 2R), a copy of the block
+        yield start, (Yb @ Wb).view(-1, B, Wb.shape[1])
+
+
+def _phase(P: torch.Tensor) -> torch.Tensor:
+    """``z / |z|`` (0 where ``z = 0``), computed in place.
+
+    Parameters
+    ----------
+    P : Tensor, shape (..., 2C)
+        Complex numbers z stacked as real parts, then imaginary parts; overwritten.
+
+    Returns
+    -------
+    Tensor, shape (..., 2C)
+        P, holding the phases stacked the same way.
+    """
+    C = P.shape[-1] // 2
+    inverse = torch.hypot(P[..., :C], P[..., C:]).clamp_min_(torch.finfo(P.dtype).tiny).reciprocal_()
+    P.view(*P.shape[:-1], 2, C).mul_(inverse.unsqueeze(-2))
+    return P
+
+
+class _JointModulusMean(torch.autograd.Function):
+    """The time average of the modulus of a complex matrix product, one block of time at a time.
+
+    ``m[b, c] = mean_t |z[b, t, c]|`` with ``z[b, t, c] = sum_r Y[b, r, t] W[r, c]``,
+    for complex rows ``Y`` (B, R, T) and a constant complex operator given in
+    real block form ``Wb = [[Re W, Im W], [-Im W, Re W]]`` (2R, 2C) (see
+    :func:`_blocks`).  The (B, T, C) array ``z`` never exists whole, neither in
+    the forward pass nor saved for a derivative: derivatives recompute it block
+    by block from ``Y``.  With ``u = z / |z|``, the gradient is
+    ``dL/dY = mean_t (u dL/dm) W^H`` and the tangent along ``dY`` is
+    ``mean_t Re(conj(u) (dY^T W))``, which :class:`_JointModulusMeanTangent`
+    computes without forming the (T, C) tangent of ``z``.  Reverse mode,
+    forward mode and ``vmap`` are supported.
+    """
+
+    @staticmethod
+    def forward(Y: torch.Tensor, Wb: torch.Tensor) -> torch.Tensor:
+        total = 0
+        for _, P in _blocks(Y, Wb):
+            C = P.shape[-1] // 2
+            total = total + torch.hypot(P[..., :C], P[..., C:]).sum(0)
+        return total / Y.shape[-1]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        Y, Wb = inputs
+        ctx.set_materialize_grads(False)  # the absent tangent of the constant Wb stays None
+        ctx.save_for_backward(Y, Wb)
+        ctx.save_for_forward(Y, Wb)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor | None):
+        Y, Wb = ctx.saved_tensors
+        if ctx.needs_input_grad[1]:
+            raise NotImplementedError("the operator of the joint paths is a constant")
+        if grad is None:
+            return None, None
+        g = torch.cat([grad, grad], dim=-1) / Y.shape[-1]  # (B, 2C)
+        blocks = [(_phase(P) * g) @ Wb.T for _, P in _blocks(Y, Wb)]  # each (Tb, B, 2R)
+        grad_Y = torch.cat(blocks).view(Y.shape[-1], Y.shape[0], 2, -1).permute(1, 3, 0, 2)  # (B, R, T, 2)
+        return torch.view_as_complex(grad_Y.contiguous()), None
+
+    @staticmethod
+    def jvp(ctx, dY: torch.Tensor | None, dWb: torch.Tensor | None) -> torch.Tensor | None:
+        Y, Wb = ctx.saved_tensors
+        if dWb is not None:
+            raise NotImplementedError("the operator of the joint paths is a constant")
+        return None if dY is None else _JointModulusMeanTangent.apply(Y, Wb, dY)
+
+    @staticmethod
+    def vmap(info, in_dims, Y: torch.Tensor, Wb: torch.Tensor):
+        if in_dims[1] is not None:
+            raise NotImplementedError("the operator of the joint paths is a constant")
+        Y = Y.movedim(in_dims[0], 0)  # (n, B, R, T): n B rows of signals
+        out = _JointModulusMean.apply(Y.reshape(-1, *Y.shape[2:]), Wb)
+        return out.view(*Y.shape[:2], -1), 0
+
+
+class _JointModulusMeanTangent(torch.autograd.Function):
+    """Tangents of :class:`_JointModulusMean` along K directions at once.
+
+    ``forward(Y, Wb, dY)``, with ``dY`` (..., B, R, T) complex (leading
+    dimensions: the K directions), returns the tangents (..., B, C).  Writing
+    ``z = Y^T W`` and ``u = z / |z|`` for one signal, the tangent is
+    ``mean_t Re(conj(u[t, c]) sum_r dY[r, t] W[r, c])
+    = sum_r Re(W[r, c] G[r, c]) / T`` with ``G = dY conj(u)`` (R, C), a sum
+    over time: per block of time samples, one batched matrix product (in
+    real block form) over all directions and signals adds to ``G``, with
+    ``u`` recomputed from ``Y``.  ``vmap`` folds a vmapped axis into the
+    directions (when only ``dY`` has it) or the signals.  Not differentiable
+    (no second derivatives).
+    """
+
+    @staticmethod
+    def forward(Y: torch.Tensor, Wb: torch.Tensor, dY: torch.Tensor) -> torch.Tensor:
+        B, R, T = Y.shape
+        lead = dY.shape[:-3]
+        # (B, K 2R, T): for each direction, real parts of the rows, then imaginary parts
+        d = torch.view_as_real(dY.reshape(-1, B, R, T)).permute(1, 0, 4, 2, 3).reshape(B, -1, T)
+        G = None
+        for start, P in _blocks(Y, Wb):
+            U = _phase(P).transpose(0, 1)  # (B, Tb, 2C)
+            block = d[..., start:start + U.shape[1]]
+            G = block @ U if G is None else G.baddbmm_(block, U)
+        G = G.view(B, -1, 2 * R, Wb.shape[1]).mul_(Wb).sum(2)  # (B, K, 2C)
+        C = G.shape[-1] // 2
+        dm = (G[..., :C] + G[..., C:]) / T  # (B, K, C)
+        return dm.transpose(0, 1).reshape(*lead, B, C)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise NotImplementedError("second derivatives of the joint paths are not implemented")
+
+    @staticmethod
+    def vmap(info, in_dims, Y: torch.Tensor, Wb: torch.Tensor, dY: torch.Tensor):
+        y_dim, w_dim, d_dim = in_dims
+        if w_dim is not None:
+            raise NotImplementedError("the operator of the joint paths is a constant")
+        dY = dY.movedim(d_dim, 0) if d_dim is not None else dY.expand(info.batch_size, *dY.shape)
+        if y_dim is None:  # the same signals: more directions
+            return _JointModulusMeanTangent.apply(Y, Wb, dY), 0
+        Y = Y.movedim(y_dim, 0)  # (n, B, R, T): more signals
+        n, B = Y.shape[:2]
+        dY = dY.movedim(0, -4)  # (..., n, B, R, T)
+        out = _JointModulusMeanTangent.apply(Y.reshape(n * B, *Y.shape[2:]), Wb,
+                                             dY.reshape(*dY.shape[:-4], n * B, *dY.shape[-2:]))
+        return out.view(*out.shape[:-2], n, B, -1).movedim(-3, 0), 0
+
+
 class JTFS:
     """Joint time-frequency scattering with global time averaging.
 
@@ -189,6 +439,11 @@ class JTFS:
         self._k1_groups = {k: [n for n, k1 in enumerate(self.k1) if k1 == k] for k in sorted(set(self.k1))}
         assert [n for idx in self._k1_groups.values() for n in idx] == list(range(len(self.j1)))
         n1_maxes = {sum(j1 < j2 for j1 in self.j1) for j2 in self.j2} - {0}
+        # time filters as the spectral periods that matter after subsampling (see _filter_subsample)
+        self._psi1_periods = {k: _periods(np.stack([psi1[n]["levels"][0] for n in idx]), 2**k)
+                              for k, idx in self._k1_groups.items()}
+        self._psi2_periods = {(n2, k): _periods(_decimated(psi2[n2]["levels"][0], k), 2 ** (self.k2[n2] - k))
+                              for n2 in range(len(self.j2)) for k in self._k1_groups if k <= self.k2[n2]}
         self._fr_numpy = {(len(self.psi1), (0, 1)): self._fr_operator(len(self.psi1), (0, 1))}
         self._fr_numpy.update({(m, (0, 1, -1)): self._fr_operator(m, (0, 1, -1)) for m in n1_maxes})
         self._cache: dict = {}
@@ -274,19 +529,30 @@ class JTFS:
         return np.concatenate(w_blocks, axis=1), A
 
     def _operators(self, like: torch.Tensor) -> dict:
-        """Filters and frequential operators as tensors of ``like``'s precision and device (cached)."""
+        """Filters and frequential operators as tensors of ``like``'s precision and device (cached).
+
+        The time filters are stored as their kept spectral periods (:func:`_periods`).
+
+        The joint paths' frequential filtering ``W`` (complex, (R, C)) is stored in
+        real block form ``[[Re W, Im W], [-Im W, Re W]]`` (2R, 2C), which maps the
+        stacked real and imaginary parts of the rows to those of the output
+        (see :class:`_JointModulusMean`).
+        """
         real = torch.float64 if like.dtype == torch.float64 else torch.float32
         key = (real, like.device)
         if key not in self._cache:
             cplx = torch.complex128 if real == torch.float64 else torch.complex64
             t = lambda a, dt: torch.as_tensor(np.asarray(a), dtype=dt, device=like.device)
-            ops = {"psi1": {j: t(np.stack([self.psi1[n]["levels"][0] for n in idx]), real)
-                            for j, idx in self._k1_groups.items()},
-                   "psi2": {(n2, k): t(_decimated(self.psi2[n2]["levels"][0], k), real)
-                            for n2 in range(len(self.j2)) for k in self._k1_groups},
+            ops = {"psi1": {k: [(p, t(h, real)) for p, h in periods] for k, periods in self._psi1_periods.items()},
+                   "psi2": {n2_k: [(p, t(h, real)) for p, h in periods]
+                            for n2_k, periods in self._psi2_periods.items()},
                    "fr": {}}
             for key_fr, (W, A) in self._fr_numpy.items():
-                ops["fr"][key_fr] = (t(W, cplx), t(A, real))
+                if key_fr == (len(self.psi1), (0, 1)):
+                    ops["fr"][key_fr] = (t(W, cplx), t(A, real))
+                else:
+                    block = np.block([[W.real, W.imag], [-W.imag, W.real]])
+                    ops["fr"][key_fr] = (t(block, real), t(A, real))
             self._cache[key] = ops
         return self._cache[key]
 
@@ -308,29 +574,35 @@ class JTFS:
             raise ValueError(f"x must be a float32 or float64 tensor, got {getattr(x, 'dtype', type(x))}")
         if x.ndim not in (1, 2) or x.shape[-1] != c.N:
             raise ValueError(f"x must have shape (B, {c.N}) or ({c.N},), got {tuple(x.shape)}")
-        ops = self._operators(x)
         batched = x.ndim == 2
         x = x if batched else x.unsqueeze(0)
+        per_pass = max(1, _PASS // self.n_pad)
+        if len(x) > per_pass:
+            S = torch.cat([self.scattering(part) for part in x.split(per_pass)])
+            return S if batched else S.squeeze(0)
+        ops = self._operators(x)
         x_pad = torch.nn.functional.pad(x, (self.pad_left, self.n_pad - c.N - self.pad_left))
-        X_hat = torch.fft.fft(x_pad)  # (B, n_pad)
-        # first order, one tensor per subsampling 2**j: U1[j] is (B, filters with j1 = j, n_pad / 2**j)
-        U1 = {j: torch.fft.ifft(_periodize(X_hat.unsqueeze(1) * h, 2**j)).abs() for j, h in ops["psi1"].items()}
-        S1 = torch.cat([u.mean(-1) for u in U1.values()], dim=1)  # (B, n1), n1 in filter order
+        X_rfft = torch.fft.rfft(x_pad).unsqueeze(1)  # (B, 1, n_pad / 2 + 1)
+        # first order, one group of filters per subsampling 2**k: U1 (B, filters with k1 = k, n_pad / 2**k),
+        # kept as its time average and its rfft
+        S1, U1_rfft = [], {}
+        for k, periods in ops["psi1"].items():
+            U1 = torch.fft.ifft(_filter_subsample(X_rfft, self.n_pad, periods)).abs()
+            S1.append(U1.mean(-1))
+            U1_rfft[k] = torch.fft.rfft(U1)
+        S1 = torch.cat(S1, dim=1)  # (B, n1), n1 in filter order
         W, A = ops["fr"][(len(self.psi1), (0, 1))]
         parts = [x_pad.mean(-1, keepdim=True), (S1.to(W.dtype) @ W).abs() @ A]
-        U1_hat = {j: torch.fft.fft(u) for j, u in U1.items()}
         for n2, j2 in enumerate(self.j2):
-            lower = [n1 for n1, j1 in enumerate(self.j1) if j1 < j2]  # rows this psi2 sees
-            if not lower:
+            n1_max = sum(j1 < j2 for j1 in self.j1)  # psi2 sees the rows n1 < n1_max
+            if n1_max == 0:
                 continue
             # Y2 = U1 * psi2, decimated to 2**k2: (B, n1_max, n_pad / 2**k2), complex
-            Y2 = torch.cat([torch.fft.ifft(_periodize(U1_hat[k] * ops["psi2"][(n2, k)], 2 ** (self.k2[n2] - k)))
-                            for k in U1_hat if k <= self.k2[n2]], dim=1)[:, :len(lower)]
-            W, A = ops["fr"][(len(lower), (0, 1, -1))]
-            # |Y2^T W| averaged over time, in time chunks so that the (B, T2, C) modulus never exists whole
-            Yt = Y2.transpose(1, 2)
-            total = sum((chunk @ W).abs().sum(1) for chunk in Yt.split(_TIME_CHUNK, dim=1))
-            parts.append(total / Yt.shape[1] @ A)
+            groups = sorted({self.k1[n1] for n1 in range(n1_max)})
+            Y2 = torch.fft.ifft(torch.cat([_filter_subsample(U1_rfft[k], self.n_pad // 2**k, ops["psi2"][(n2, k)])
+                                           for k in groups], dim=1)[:, :n1_max])
+            Wb, A = ops["fr"][(n1_max, (0, 1, -1))]
+            parts.append(_JointModulusMean.apply(Y2, Wb) @ A)
         S = torch.cat(parts, dim=1)
         return S if batched else S.squeeze(0)
 

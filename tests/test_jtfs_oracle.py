@@ -7,6 +7,7 @@ fitted: S0 is a sum over the N_pad padded samples, first order 2**-J times a sum
 rate, second order 2**-j2 times a sum at the full rate.  Each representation is then
 compressed as Phi = log1p(S / median S), the calibration rule pnpbook uses for c.
 """
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from pnpbook.synth import SYNTHS
 DATA = Path(__file__).parent / "data"
 
 
+@functools.lru_cache(maxsize=None)
 def load(name):
     z = dict(np.load(DATA / f"kymatio_jtfs_tiny_{name}.npz"))
     op = JTFS(JTFSConfig(N=int(z["n_samples"]), J=int(z["J"]), Q=(int(z["Q1"]), int(z["Q2"])),
