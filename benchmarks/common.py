@@ -14,17 +14,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-def median_time(fn: Callable[[], object], repeats: int, warm_up: bool = True) -> float:
-    """Median wall time of ``fn()`` in seconds over ``repeats`` calls, after one warm-up call
-    (``warm_up=False``: the caller has already made one)."""
-    if warm_up:
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def wall_time(fn: Callable[[], object]) -> float:
+    """Wall time of one call ``fn()`` in seconds."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` calls, after one warm-up call."""
+    fn()
+    return statistics.median(wall_time(fn) for _ in range(repeats))
 
 
 def peak_rss_mib() -> float:

@@ -15,8 +15,9 @@ an interpreter with pnpbook's JTFS, see ``tests/oracle/README.md``).
   sample at a time, its modulus made usable by ``torch.func``
   (:func:`kymatio_main.make_modulus_functorch_compatible`).
 
-For each: the time of the forward map on the batch (synthesizer + JTFS + Phi), of the
-Jacobian of the batch, per sample and as a multiple of that forward time, and the peak
+For each, after a warm-up call of both, ``--repeats`` alternating timings of the forward map
+on the batch (synthesizer + JTFS + Phi) and of the Jacobian of the batch: their medians, the
+Jacobian per sample, and the median ratio Jacobian / forward of the pairs; and the peak
 memory (peak RSS minus the RSS after imports and building).  Checks, printed as True/False:
 our Jacobian costs at most 1.5 (1 + d) forward passes of the same batch and is at least 5
 times faster than kymatio main's; both Jacobians are finite with full rank d (d singular
@@ -29,13 +30,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import median_time, peak_rss_mib, write_result
+from common import peak_rss_mib, wall_time, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,13 +80,17 @@ def worker(kind: str, inputs_path: str, out_path: str, repeats: int) -> None:
         def jac():
             return torch.stack([jacfwd(lambda u: forward(u.unsqueeze(0)).squeeze(0))(v) for v in nu])
     base = peak_rss_mib()
-    t_forward = median_time(lambda: forward(nu), repeats)
-    J = jac()  # also the Jacobian's warm-up call
-    t_jacobian = median_time(jac, repeats, warm_up=False)
+    forward(nu)  # warm-up calls; the Jacobian is kept
+    J = jac()
+    # forward and Jacobian alternate, so that each pair sees the same machine conditions
+    pairs = [(wall_time(lambda: forward(nu)), wall_time(jac)) for _ in range(repeats)]
+    t_forward = statistics.median(f for f, _ in pairs)
+    t_jacobian = statistics.median(j for _, j in pairs)
     result = {"P": int(J.shape[1]), "d": int(J.shape[2]), "batch": len(nu), "forward_s": t_forward,
               "jacobian_s": t_jacobian, "jacobian_s_per_sample": t_jacobian / len(nu),
-              "jacobian_over_forward": t_jacobian / t_forward, "peak_mib_above_baseline": peak_rss_mib() - base,
-              "repeats": repeats, "threads": torch.get_num_threads()}
+              "jacobian_over_forward": statistics.median(j / f for f, j in pairs),
+              "peak_mib_above_baseline": peak_rss_mib() - base, "repeats": repeats,
+              "threads": torch.get_num_threads()}
     np.savez(out_path, J=J.detach().numpy(), result=json.dumps(result))
 
 
@@ -92,8 +98,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--oracle-python", default="/tmp/oracle-venv/bin/python")
     ap.add_argument("--batch", type=int, default=2, help="samples (from the paper preset's test fold)")
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs of ours, after a warm-up")
-    ap.add_argument("--oracle-repeats", type=int, default=1, help="timed runs of kymatio main's, after a warm-up")
+    ap.add_argument("--repeats", type=int, default=5, help="timed pairs of ours, after a warm-up")
+    ap.add_argument("--oracle-repeats", type=int, default=1, help="timed pairs of kymatio main's, after a warm-up")
     ap.add_argument("--out", default="data/results/bench_jacobian.json")
     ap.add_argument("--worker", choices=["ours", "kymatio"], help=argparse.SUPPRESS)
     ap.add_argument("--inputs", help=argparse.SUPPRESS)
