@@ -86,21 +86,57 @@ def test_negative_controls_rank_worse_on_near_pairs(case):
         assert spearman(z, compress(ours[:, np.isin(families, control)]), oracle, "near") <= full - 0.05, control
 
 
-def test_time_reversal_swaps_spins_in_both():
+ORACLE_FAMILY = {"S0": "S0", "S1_phi_fr": "S1_phi_fr", "S1_psi_fr": "S1_psi_fr", "psi_phi_fr": "psi_phi_fr",
+                 "psi_psi_up": "psi_psi_spin+1", "psi_psi_down": "psi_psi_spin-1"}
+
+
+def common_support(z, op):
+    """Our coefficients that the oracle also computes, matched by (family, n2, n1).
+
+    kymatio main keeps only the top rows of its spin-0 paths (its stride bug, tests/oracle/README.md):
+    9 of our 35 S1_phi_fr and 44 of our 152 psi_phi_fr coefficients; every other family matches one to one.
+    """
+    ours_of = {v: k for k, v in ORACLE_FAMILY.items()}
+    theirs = set(zip((ours_of[f] for f in z["family"]), z["n2"].tolist(), z["n1_actual"].tolist()))
+    keep = np.array([(p.family, p.n2, p.n1) in theirs for p in op.paths])
+    assert keep.sum() == len(z["family"])  # a one-to-one match
+    return keep
+
+
+def test_family_energy_shares_agree(case):
+    """Each family's share of the energy of S (before the log; the oracle gain-converted, nothing fitted),
+    over the coefficients both compute, mean over the random sounds: within 10 % relative for every family
+    holding at least 1 % of the energy."""
+    z, op, ours, oracle = case
+    keep, rows = common_support(z, op), z["group"] == "random"
+    families = np.array([p.family for p in op.paths])[keep]
+    e_ours, e_oracle = ours[rows][:, keep] ** 2, oracle[rows] ** 2
+    checked = 0
+    for family, theirs in ORACLE_FAMILY.items():
+        share_oracle = (e_oracle[:, z["family"] == theirs].sum(1) / e_oracle.sum(1)).mean()
+        share_ours = (e_ours[:, families == family].sum(1) / e_ours.sum(1)).mean()
+        if share_oracle >= 0.01:
+            checked += 1
+            assert abs(share_ours / share_oracle - 1) <= 0.10, (family, share_ours, share_oracle)
+    assert checked >= 4
+
+
+def test_spin_asymmetry_ranks_like_the_oracle():
     """Over amchirp sounds and their time reversals, the spin asymmetry A = (E_up - E_down) / (E_up + E_down)
-    of the joint energy changes sign under reversal, in ours and in the oracle.  The issue also asks that our A
-    rank like the oracle's (Spearman >= 0.9); it cannot: the oracle barely separates spins (|A| < 0.003, with a
-    sign that does not follow the chirp direction) while ours, which follows the definition (checked against a
-    direct undecimated computation in test_jtfs.py), gives |A| of 0.70-0.85 with the chirp's sign.
-    The issue 3 note records the numbers."""
+    of the joint energy: Spearman >= 0.9 between ours and the oracle's, <= -0.9 with our spins swapped; and
+    time reversal flips A in both (the oracle is run with zero padding: with kymatio's default reflection,
+    which mirrors half of the signal at this length, its A is below 0.003; tests/oracle/README.md)."""
     z, op, ours, oracle = load("amchirp")
     families = np.array([p.family for p in op.paths])
     asym = lambda E, up, down: (E[:, up].sum(1) - E[:, down].sum(1)) / (E[:, up].sum(1) + E[:, down].sum(1))
-    a_ours = asym(ours**2, families == "psi_psi_up", families == "psi_psi_down")
+    up, down = families == "psi_psi_up", families == "psi_psi_down"
+    a_ours, a_swapped = asym(ours**2, up, down), asym(ours**2, down, up)
     a_oracle = asym(oracle**2, z["family"] == "psi_psi_spin+1", z["family"] == "psi_psi_spin-1")
     rev = np.flatnonzero(z["reversed"])
-    orig = z["base"][rev]
+    rows = np.concatenate([z["base"][rev], rev])
     assert len(rev) >= 10
-    np.testing.assert_allclose(a_ours[rev], -a_ours[orig], atol=1e-3)
-    np.testing.assert_allclose(a_oracle[rev], -a_oracle[orig], atol=1e-4)
-    assert (np.abs(a_ours[orig]) > 0.5).all() and (np.abs(a_oracle[orig]) < 0.01).all()
+    assert spearmanr(a_ours[rows], a_oracle[rows])[0] >= 0.9
+    assert spearmanr(a_swapped[rows], a_oracle[rows])[0] <= -0.9
+    assert spearmanr(a_ours[z["base"][rev]], a_oracle[z["base"][rev]])[0] >= 0.9  # within the up-chirps too
+    np.testing.assert_allclose(a_ours[rev], -a_ours[z["base"][rev]], atol=1e-3)
+    np.testing.assert_allclose(a_oracle[rev], -a_oracle[z["base"][rev]], atol=1e-4)
