@@ -2,7 +2,7 @@
 
 The operator follows the joint time-frequency scattering of Andén, Lostanlen and
 Mallat (2019), with the path structure of kymatio's development version
-(``TimeFrequencyScattering`` with ``T='global'``), on the Morlet filter banks of
+(``TimeFrequencyScattering``), on the Morlet filter banks of
 PyPI kymatio 0.3.0 (:func:`kymatio.scattering1d.filter_bank.scattering_filter_factory`,
 imported directly so that no SciPy pin is needed).
 
@@ -12,20 +12,42 @@ With ``x`` a signal of N samples, zero-padded to ``N_pad``:
   highest frequency, each filter's output subsampled by ``2**j1`` (its bandwidth
   allows it);
 * zeroth order ``S0`` and first order ``S1[n1]``: time averages of ``x`` and
-  ``U1[n1]``;
+  ``U1[n1]`` (global or local, see below);
 * first-order frequential paths: ``S1`` (a vector over ``n1``) filtered along
   ``n1`` by the frequential low-pass (width ``2**J_fr``, spin 0) and by the
-  frequential wavelets of spin +1, modulus;
+  frequential wavelets of spin +1, modulus (after the time average, so per
+  time frame when it is local);
 * joint (second-order) paths: ``Y2[n2](n1, t) = U1[n1] * psi_n2`` for
   ``j1 < j2``, filtered along ``n1`` by the frequential low-pass (spin 0) and
   the frequential wavelets of both spins, modulus, time average;
 * frequential averaging of the spinned paths with a low-pass of width ``F``
   (``F=None``: none).
 
-Every path family is listed in :attr:`JTFS.paths`.  The time average is the mean
-over the padded time axis at the path's sampling rate, so it does not depend on
-the path's subsampling.  ``Phi(x) = log1p(c * S(x))`` with ``c`` calibrated per
-preset (see :mod:`pnpbook.config`).
+Every path family is listed in :attr:`JTFS.paths`.  Time averaging is either
+
+* global (``T='global'``, the default): the mean over the padded time axis at
+  the path's sampling rate, so it does not depend on the path's subsampling;
+  the output is ``(B, P)``; or
+* local (``T`` a power of two): a low-pass in time by the Gaussian ``phi_T`` of
+  kymatio 0.3.0's :func:`~kymatio.scattering1d.filter_bank.scattering_filter_factory`
+  (``gauss_1d(n_pad, 0.1 / T)``, normalised to unit l1 norm in time, so a
+  weighted average: its spectrum is 1 at frequency 0), sampled every
+  ``stride = 2**max(log2 T - oversampling, 0)`` samples over the whole padded
+  axis; the output is ``(B, P, frames)`` with ``frames = n_pad / stride``
+  (:attr:`JTFS.frames`), frame ``f`` centred on signal sample
+  ``f * stride - pad_left`` (:attr:`JTFS.frame_times`).  Scattering outputs
+  are then subsampled no further than the stride (by
+  ``2**max(min(j, log2 T) - oversampling, 0)``), so every frame is computed
+  at its path's own rate.  As ``phi_T``'s spectrum is
+  below ``exp(-50)`` at every nonzero multiple of the frame rate ``1 / T``,
+  the mean over the frames of a path whose modulus precedes the averaging
+  (``S0``, ``S1_phi_fr`` and the joint paths) is its global average, to
+  rounding (and, for ``T < 2**J``, to the aliasing of the decimated moduli
+  of the paths decimated differently); for ``S1_psi_fr`` the modulus follows
+  the average and the mean over frames is at least the global value.
+
+``Phi(x) = log1p(c * S(x))`` with ``c`` calibrated per preset (see
+:mod:`pnpbook.config`).
 
 Everything is batched: filters with the same subsampling are applied in one
 tensor operation, only on the spectral periods that survive their subsampling
@@ -36,7 +58,12 @@ time and recomputes blocks for its derivatives instead of storing them; it
 has a forward-mode rule that needs no tangent of the joint paths
 (:class:`_JointModulusMeanTangent`) and a ``vmap`` rule, so reverse mode,
 ``torch.func.jacfwd`` and ``vmap`` all work through the operator (the
-forward-mode rule itself is not differentiable).  A batch is computed in passes of at most
+forward-mode rule itself is not differentiable).  With a local ``T`` the joint
+paths are plain differentiable torch operations instead (the modulus of the
+whole (B, C, time) joint array, then the low-pass), which ``torch.func``
+differentiates natively at the cost of holding that array and its tangents
+(at the tiny preset, 2.5 to 3 times the time of a global forward and 3 to 4
+times its memory).  A batch is computed in passes of at most
 :data:`_PASS` padded samples.  ``benchmarks/jtfs_speed.py`` and
 ``benchmarks/jacobian_speed.py`` measure time and memory against kymatio main.
 """
@@ -94,6 +121,11 @@ class JTFSConfig:
         is not band-limited, so the time average of a decimated modulus carries
         a small aliasing error (about 1e-5 relative for shifts that are not a
         multiple of ``2**J``); oversampling shrinks it at a proportional cost.
+    T : 'global' or int
+        Time averaging: ``'global'`` (the mean over time; output (B, P)) or the
+        width in samples of the Gaussian low-pass ``phi_T``, a power of two with
+        ``1 <= T <= N`` (output (B, P, frames), one frame every
+        ``T / 2**oversampling`` samples, at least 1; see :class:`JTFS`).
     """
 
     N: int
@@ -103,6 +135,7 @@ class JTFSConfig:
     Q_fr: int = 1
     F: int | None = 2
     oversampling: int = 0
+    T: str | int = "global"
 
     def __post_init__(self) -> None:
         if not (isinstance(self.N, int) and self.N >= 2 ** (self.J + 1)):
@@ -114,6 +147,11 @@ class JTFSConfig:
             raise ValueError(f"oversampling must be >= 0, got {self.oversampling}")
         if self.F is not None and (self.F < 1 or self.F & (self.F - 1)):
             raise ValueError(f"F must be None or a power of two >= 1, got {self.F}")
+        if not (isinstance(self.T, str) and self.T == "global"):
+            T = self.T
+            if not (isinstance(T, int) and not isinstance(T, bool) and 1 <= T <= self.N and not T & (T - 1)):
+                raise ValueError(f"T must be 'global' or an int power of two with 1 <= T <= N = {self.N} "
+                                 f"(a window of T samples), got {T!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -389,35 +427,60 @@ class _JointModulusMeanTangent(torch.autograd.Function):
 
 
 class JTFS:
-    """Joint time-frequency scattering with global time averaging.
+    """Joint time-frequency scattering with global or local time averaging.
 
     Parameters
     ----------
     config : JTFSConfig
-        Settings.
+        Settings; ``config.T`` chooses the time averaging (module docstring).
 
     Attributes
     ----------
     paths : list of Path
-        What each output coefficient is, in output order.
+        What each output coefficient is, in output order (the same for every T).
     n_pad : int
         Padded time length (a power of two).
+    pad_left : int
+        Zeros before the signal in the padded axis.
     n_fr : int
         Padded length of the log-frequency axis.
+    log2_T : int or None
+        ``log2 T`` for a local T; None for global averaging.
+    stride : int or None
+        Samples between time frames, ``2**max(log2_T - oversampling, 0)``;
+        None for global averaging.
+    frames : int
+        Time frames per path: ``n_pad / stride`` for a local T (the output is
+        (B, P, frames)); 1 for global averaging (the output is (B, P), with
+        no frame axis).
+    frame_times : ndarray of float, shape (frames,) or None
+        Centre of each frame in signal samples, ``f * stride - pad_left``
+        (frames outside ``[0, N)`` hold what the filters spread into the
+        padding); None for global averaging.
     """
 
     def __init__(self, config: JTFSConfig):
         self.config = c = config
         self.n_pad = 2 ** math.ceil(math.log2(c.N + 2 ** (c.J + 1)))
         self.pad_left = (self.n_pad - c.N) // 2
-        _, psi1, psi2 = scattering_filter_factory(self.n_pad, c.J, c.Q, 2**c.J)
+        self.log2_T = None if c.T == "global" else c.T.bit_length() - 1
+        # the wavelets do not depend on the factory's T, only its low-pass phi_T does
+        phi_t, psi1, psi2 = scattering_filter_factory(self.n_pad, c.J, c.Q, 2**c.J if self.log2_T is None else c.T)
         self.psi1 = psi1
         self.psi2 = psi2
         self.j1 = [int(p["j"]) for p in psi1]
         self.j2 = [int(p["j"]) for p in psi2]
-        # log2 of the subsampling of each first- and second-order output
-        self.k1 = [max(j - c.oversampling, 0) for j in self.j1]
-        self.k2 = [max(j - c.oversampling, 0) for j in self.j2]
+        # log2 of the subsampling of each first- and second-order output: as far as its bandwidth
+        # allows, and for a local T no further than the frames' stride
+        cap = (lambda j: j) if self.log2_T is None else (lambda j: min(j, self.log2_T))
+        self.k1 = [max(cap(j) - c.oversampling, 0) for j in self.j1]
+        self.k2 = [max(cap(j) - c.oversampling, 0) for j in self.j2]
+        if self.log2_T is None:
+            self.stride, self.frames, self.frame_times = None, 1, None
+        else:
+            self.stride = 2 ** max(self.log2_T - c.oversampling, 0)
+            self.frames = self.n_pad // self.stride
+            self.frame_times = np.arange(self.frames, dtype=float) * self.stride - self.pad_left
         # first-order rows, padded so that every frequential subsampling divides the length
         n_in = len(psi1)
         step = 2**c.J_fr
@@ -446,6 +509,11 @@ class JTFS:
                               for n2 in range(len(self.j2)) for k in self._k1_groups if k <= self.k2[n2]}
         self._fr_numpy = {(len(self.psi1), (0, 1)): self._fr_operator(len(self.psi1), (0, 1))}
         self._fr_numpy.update({(m, (0, 1, -1)): self._fr_operator(m, (0, 1, -1)) for m in n1_maxes})
+        if self.log2_T is not None:
+            # phi_T for a signal decimated by 2**k, as the spectral periods kept at the frames' stride
+            phi_hat = np.asarray(phi_t["levels"][0])
+            self._phi_periods = {k: _periods(_decimated(phi_hat, k), self.stride // 2**k)
+                                 for k in {0} | set(self.k1) | set(self.k2)}
         self._cache: dict = {}
 
     # ------------------------------------------------------------------ layout
@@ -536,7 +604,8 @@ class JTFS:
         The joint paths' frequential filtering ``W`` (complex, (R, C)) is stored in
         real block form ``[[Re W, Im W], [-Im W, Re W]]`` (2R, 2C), which maps the
         stacked real and imaginary parts of the rows to those of the output
-        (see :class:`_JointModulusMean`).
+        (see :class:`_JointModulusMean`), or as ``W`` itself for a local T.
+        A local T adds ``"phi"``: the time low-pass per input subsampling.
         """
         real = torch.float64 if like.dtype == torch.float64 else torch.float32
         key = (real, like.device)
@@ -548,11 +617,13 @@ class JTFS:
                             for n2_k, periods in self._psi2_periods.items()},
                    "fr": {}}
             for key_fr, (W, A) in self._fr_numpy.items():
-                if key_fr == (len(self.psi1), (0, 1)):
+                if key_fr == (len(self.psi1), (0, 1)) or self.log2_T is not None:
                     ops["fr"][key_fr] = (t(W, cplx), t(A, real))
                 else:
                     block = np.block([[W.real, W.imag], [-W.imag, W.real]])
                     ops["fr"][key_fr] = (t(block, real), t(A, real))
+            if self.log2_T is not None:
+                ops["phi"] = {k: [(p, t(h, real)) for p, h in periods] for k, periods in self._phi_periods.items()}
             self._cache[key] = ops
         return self._cache[key]
 
@@ -566,8 +637,10 @@ class JTFS:
 
         Returns
         -------
-        Tensor, shape (B, P) or (P,)
-            Coefficients in the order of :attr:`paths`, in x's dtype.
+        Tensor, shape (B, P) or (P,) (global T), (B, P, frames) or (P, frames) (local T)
+            Coefficients in the order of :attr:`paths`, in x's dtype; for a
+            local T, the time frames of each path (:attr:`frames`,
+            :attr:`frame_times`).
         """
         c = self.config
         if not isinstance(x, torch.Tensor) or x.dtype not in (torch.float32, torch.float64):
@@ -581,18 +654,20 @@ class JTFS:
             S = torch.cat([self.scattering(part) for part in x.split(per_pass)])
             return S if batched else S.squeeze(0)
         ops = self._operators(x)
+        local = self.log2_T is not None
         x_pad = torch.nn.functional.pad(x, (self.pad_left, self.n_pad - c.N - self.pad_left))
         X_rfft = torch.fft.rfft(x_pad).unsqueeze(1)  # (B, 1, n_pad / 2 + 1)
         # first order, one group of filters per subsampling 2**k: U1 (B, filters with k1 = k, n_pad / 2**k),
-        # kept as its time average and its rfft
+        # kept as its time average (B, filters[, frames]) and its rfft
         S1, U1_rfft = [], {}
         for k, periods in ops["psi1"].items():
             U1 = torch.fft.ifft(_filter_subsample(X_rfft, self.n_pad, periods)).abs()
-            S1.append(U1.mean(-1))
             U1_rfft[k] = torch.fft.rfft(U1)
-        S1 = torch.cat(S1, dim=1)  # (B, n1), n1 in filter order
+            S1.append(_lowpass(U1_rfft[k], U1.shape[-1], ops["phi"][k]) if local else U1.mean(-1))
+        S1 = torch.cat(S1, dim=1)  # (B, n1[, frames]), n1 in filter order
         W, A = ops["fr"][(len(self.psi1), (0, 1))]
-        parts = [x_pad.mean(-1, keepdim=True), (S1.to(W.dtype) @ W).abs() @ A]
+        S0 = _lowpass(X_rfft, self.n_pad, ops["phi"][0]) if local else x_pad.mean(-1, keepdim=True)
+        parts = [S0, ((S1.movedim(1, -1).to(W.dtype) @ W).abs() @ A).movedim(-1, 1)]
         for n2, j2 in enumerate(self.j2):
             n1_max = sum(j1 < j2 for j1 in self.j1)  # psi2 sees the rows n1 < n1_max
             if n1_max == 0:
@@ -601,12 +676,37 @@ class JTFS:
             groups = sorted({self.k1[n1] for n1 in range(n1_max)})
             Y2 = torch.fft.ifft(torch.cat([_filter_subsample(U1_rfft[k], self.n_pad // 2**k, ops["psi2"][(n2, k)])
                                            for k in groups], dim=1)[:, :n1_max])
-            Wb, A = ops["fr"][(n1_max, (0, 1, -1))]
-            parts.append(_JointModulusMean.apply(Y2, Wb) @ A)
+            W2, A = ops["fr"][(n1_max, (0, 1, -1))]  # W2: W in real block form (global) or W (local)
+            if local:  # A^T |W^T Y2| (B, R, n_pad / 2**k2), then phi_T along time
+                joint = A.T @ (W2.T @ Y2).abs()
+                parts.append(_lowpass(torch.fft.rfft(joint), Y2.shape[-1], ops["phi"][self.k2[n2]]))
+            else:
+                parts.append(_JointModulusMean.apply(Y2, W2) @ A)
         S = torch.cat(parts, dim=1)
         return S if batched else S.squeeze(0)
 
     __call__ = scattering
+
+
+def _lowpass(v_rfft: torch.Tensor, n: int, phi_periods: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+    """Local time average: real signals low-passed by ``phi_T`` and sampled at the frames' stride.
+
+    Parameters
+    ----------
+    v_rfft : Tensor, shape (..., n // 2 + 1)
+        ``torch.fft.rfft`` of real signals of length n (a time axis decimated by ``2**k``).
+    n : int
+        Signal length.
+    phi_periods : list of (int, Tensor)
+        :func:`_periods` of ``phi_T`` decimated by ``2**k``, at the subsampling
+        ``stride / 2**k``; each piece (frames,).
+
+    Returns
+    -------
+    Tensor, shape (..., frames)
+        ``(v * phi_T)(f stride)`` for every frame f, real.
+    """
+    return torch.fft.ifft(_filter_subsample(v_rfft, n, phi_periods)).real
 
 
 def _decimated(h_hat: np.ndarray, k: int) -> np.ndarray:

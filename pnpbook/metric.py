@@ -39,7 +39,8 @@ def pnp_forward(synth: Synth, op: JTFS, scaler: Scaler, c: float) -> Callable[[t
     Returns
     -------
     callable
-        ``f(nu)``: (d,) -> (P,), in nu's dtype.  The synthesizer is called with
+        ``f(nu)``: (d,) -> (P,), in nu's dtype; with a local time window
+        (``op.frames > 1``), (d,) -> (P * frames,), each path's frames in a row.  The synthesizer is called with
         ``validate="raise"``, which checks the concrete values even inside
         ``torch.func`` transforms.
     """
@@ -47,7 +48,8 @@ def pnp_forward(synth: Synth, op: JTFS, scaler: Scaler, c: float) -> Callable[[t
         raise ValueError(f"synth renders {synth.n_samples} samples but the JTFS expects N = {op.config.N}")
 
     def forward(nu: torch.Tensor) -> torch.Tensor:
-        return phi(op(synth(scaler.inverse(nu))), c)
+        S = op(synth(scaler.inverse(nu)))
+        return phi(S.flatten(-2) if op.frames > 1 else S, c)  # local T: the frames of each path, path-major
 
     return forward
 

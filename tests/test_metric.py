@@ -106,3 +106,21 @@ def test_forward_rejects_mismatched_lengths():
     short = dataclasses.replace(synth, n_samples=2048)
     with pytest.raises(ValueError, match="expects N = 8192"):
         pnp_forward(short, OP, data.train_scaler(synth), 1e3)
+
+
+def test_local_time_window_flattens_frames_into_the_jacobian():
+    """With a local window T, Phi has P * frames entries per sound (each path's frames in a row), and its
+    forward-mode Jacobian still equals reverse-mode vector-Jacobian products."""
+    synth = SYNTHS["amchirp"].at("tiny")
+    op = JTFS(JTFSConfig(N=N, J=10, Q=(8, 1), J_fr=3, Q_fr=1, F=2, T=2048))
+    scaler = data.train_scaler(synth)
+    f = pnp_forward(synth, op, scaler, c=1e3)
+    nu = scaler(torch.from_numpy(data.fold(synth, "val", n=1).theta.copy()))
+    J = jacobian(f, nu)
+    assert op.frames > 1 and J.shape == (1, op.size * op.frames, 3)
+    S = op(synth(scaler.inverse(nu)))
+    assert S.shape == (1, op.size, op.frames)
+    assert torch.allclose(f(nu[0]), torch.log1p(1e3 * S[0]).flatten(), rtol=1e-6)
+    u = torch.randn(J.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    ref = vjp(f, nu[0])[1](u)[0]
+    assert float((u @ J[0] - ref).norm() / ref.norm()) < 1e-10
