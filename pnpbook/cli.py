@@ -13,8 +13,14 @@ precompute
     Compute the PNP metric M = J^T J for a fold into a metric store
     (:mod:`pnpbook.store`): resumable, in worker processes or under
     ``torchrun``; ``--estimate`` predicts its time and disk first.
-
-Later issues add ``train``, ``evaluate`` and ``run``.
+train
+    Train one encoder with one loss (:mod:`pnpbook.train`): checkpoints every
+    epoch, resumes, runs under ``torchrun``.
+evaluate
+    Evaluate a run's best and last checkpoints on a fold (:mod:`pnpbook.evaluate`).
+run
+    The whole pipeline (:mod:`pnpbook.experiments`): metric, trainings of every
+    loss and seed, evaluation, the results table; resumable.
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from pnpbook import config, data, jtfs, store
+from pnpbook import config, data, experiments, jtfs, store
 from pnpbook.provenance import provenance, write_atomic
 from pnpbook.synth import SYNTHS
 
@@ -116,6 +122,61 @@ def precompute(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """TrainConfig fields given on the command line (None: the preset's or the default)."""
+    keys = ("epochs", "steps_per_epoch", "batch_size", "encoder", "lr", "num_threads", "device")
+    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+
+
+def train_cmd(args: argparse.Namespace) -> int:
+    """Train (or resume) one run of a variant and seed."""
+    from pnpbook import train
+    cfg = experiments.train_config(args.synth, args.scale, args.variant, args.seed, args.root,
+                                   **_train_overrides(args))
+    path = Path(args.out) if args.out else experiments.run_dir(args.root, cfg, args.variant)
+    train.train(cfg, path, resume=not args.restart, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        last = train.read_log(path)[-1]
+        print(f"{path}: {last['epoch'] + 1} epochs, val JTFS distance {last['val_jtfs_distance']:.4g}")
+    return 0
+
+
+def evaluate_cmd(args: argparse.Namespace) -> int:
+    """Evaluate a run's checkpoints on a fold."""
+    from pnpbook import evaluate
+    for checkpoint in args.checkpoint:
+        r = evaluate.evaluate(args.run_dir, args.fold, checkpoint, n=args.n)
+        cells = ", ".join(f"{m} {r['summary'][m]['mean']:.4g}" for m in experiments.METRICS)
+        print(f"{args.run_dir} [{checkpoint}, epoch {r['checkpoint_epoch']}] on {r['n']} {args.fold} sounds: {cells}")
+    return 0
+
+
+def run_cmd(args: argparse.Namespace) -> int:
+    """The whole pipeline: metric, trainings, evaluation, table."""
+    result = experiments.run(args.synth, args.scale, args.variants, args.seeds, args.root, args.results,
+                             workers=args.workers or os.cpu_count(), progress=not args.no_progress,
+                             **_train_overrides(args))
+    print(experiments.format_table(result))
+    print(f"wrote {result['path']} ({_duration(result['seconds'])})")
+    return 0
+
+
+def _training_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``train`` and ``run``."""
+    p.add_argument("--synth", choices=sorted(SYNTHS), required=True)
+    p.add_argument("--scale", choices=config.SCALES, default=None,
+                   help=f"preset (default: ${config.SCALE_ENV} or {config.DEFAULT_SCALE})")
+    p.add_argument("--root", default="data", help="data root: metric stores, runs (default: data)")
+    p.add_argument("--epochs", type=_positive, default=None, help="epochs (default: the preset's)")
+    p.add_argument("--steps-per-epoch", type=_positive, default=None, help="steps per epoch (default: the preset's)")
+    p.add_argument("--batch-size", type=_positive, default=None, help="global batch size (default: the preset's)")
+    p.add_argument("--encoder", choices=("cnn", "effnet"), default=None, help="encoder (default: the preset's)")
+    p.add_argument("--lr", type=float, default=None, help="Adam's learning rate (default 1e-3)")
+    p.add_argument("--num-threads", type=_positive, default=None, help="torch threads per process")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -176,6 +237,38 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--estimate", action="store_true", help="only time a few samples and predict time and disk")
     m.add_argument("--estimate-samples", type=_positive, default=4, help="samples timed by --estimate")
     m.set_defaults(func=precompute)
+    t = sub.add_parser("train", help="train one encoder with one loss (resumable; torchrun for DDP)",
+                       description="Train the preset's encoder with one variant (a loss, or PNP after P-loss "
+                                   "pretraining): checkpoints every epoch in the run folder, and the same "
+                                   "command resumes where it stopped.")
+    _training_options(t)
+    t.add_argument("--variant", choices=sorted(experiments.VARIANTS), default="pnp")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default=None, help="run folder (default: ROOT/runs/SYNTH_SCALE/VARIANT_seedS)")
+    t.add_argument("--restart", action="store_true", help="start again instead of resuming")
+    t.set_defaults(func=train_cmd)
+    e = sub.add_parser("evaluate", help="evaluate a run's checkpoints on a fold",
+                       description="JTFS, multi-scale spectral and MFCC distances and parameter errors of a "
+                                   "run's checkpoints on a fold, with listening examples; writes "
+                                   "RUN/eval_CHECKPOINT_FOLD.json.")
+    e.add_argument("run_dir", help="a run folder of `train`")
+    e.add_argument("--fold", choices=data.FOLDS, default="test")
+    e.add_argument("--checkpoint", nargs="+", choices=experiments.CHECKPOINTS, default=list(experiments.CHECKPOINTS))
+    e.add_argument("--n", type=_positive, default=None, help="first n items of the fold (default: the preset's)")
+    e.set_defaults(func=evaluate_cmd)
+    u = sub.add_parser("run", help="the whole pipeline: metric, four trainings, evaluation, table",
+                       description="From nothing to a results table: the metric stores, one training per "
+                                   "variant and seed, the evaluation of best and last checkpoints on the test "
+                                   "fold, and the decision rule (PNP vs the others on the JTFS distance). Every "
+                                   "stage resumes.")
+    _training_options(u)
+    u.add_argument("--variants", nargs="+", choices=sorted(experiments.VARIANTS),
+                   default=list(experiments.DEFAULT_VARIANTS))
+    u.add_argument("--seeds", nargs="+", type=int, default=[0])
+    u.add_argument("--results", default=None, help="results file (default: ROOT/runs/SYNTH_SCALE/results.json)")
+    u.add_argument("--workers", type=_positive, default=None,
+                   help="worker processes of the metric precomputation (default: one per CPU)")
+    u.set_defaults(func=run_cmd)
     return p
 
 

@@ -51,6 +51,9 @@ def _freeze(d: Mapping[str, Any]) -> Mapping[str, Any]:
 #: Per (synth, scale): what the preset changes from the paper's record.
 #: ``ranges`` are (low, high) in physical units (Hz, s, dimensionless);
 #: ``folds`` is how many items of each fold the scale uses (None: all);
+#: ``cqt`` the encoder's CQT front end (spec 9: ``octaves`` J and 12 bins per
+#: octave, fmin by the authors' rule in :mod:`pnpbook.features`); ``train`` the
+#: training budget (encoder, batch size, epochs of ``steps_per_epoch`` steps);
 #: ``jtfs`` the JTFS settings (:class:`pnpbook.jtfs.JTFSConfig`, N is the signal
 #: length; ``paper`` follows the authors' kymatio-0.4 settings: J = 13,
 #: Q = (12, 1), J_fr = 3, Q_fr = 1, F = 2, global time averaging); ``c`` the
@@ -62,8 +65,10 @@ PRESETS: Mapping[str, Mapping[str, Mapping[str, Any]]] = _freeze({
         "tiny": {
             "sr": 4096, "n_samples": 2**13,
             "ranges": {"gamma": (1.0, 4.0)},
-            "folds": {"train": 256, "val": 64, "test": 64},
+            "folds": {"train": 128, "val": 16, "test": 64},
             "jtfs": {"J": 10, "Q": (8, 1), "J_fr": 3, "Q_fr": 1, "F": 2},
+            "cqt": {"octaves": 6, "bins_per_octave": 12, "hop_length": 128},
+            "train": {"encoder": "cnn", "batch_size": 16, "epochs": 4, "steps_per_epoch": 4},
             "c": 17995.8,  # data/results/calibration_amchirp_tiny.json
             "note": "2 s at 4096 Hz; gamma >= 1 keeps +-5 sigma = +-1/gamma s inside the signal",
         },
@@ -72,6 +77,10 @@ PRESETS: Mapping[str, Mapping[str, Mapping[str, Any]]] = _freeze({
             "ranges": {},
             "folds": {"train": 8192, "val": 1024, "test": 1024},
             "jtfs": {"J": 12, "Q": (12, 1), "J_fr": 3, "Q_fr": 1, "F": 2},
+            # hop 128 at 4096 Hz keeps the paper's 32 frames/s: the |AM| envelope beats at 2 fm = 8-32 Hz,
+            # which 16 frames/s (hop 256) would alias entirely
+            "cqt": {"octaves": 6, "bins_per_octave": 12, "hop_length": 128},
+            "train": {"encoder": "cnn", "batch_size": 64, "epochs": 20, "steps_per_epoch": 50},
             "c": 1256385.1,  # data/results/calibration_amchirp_small.json
             "note": "the paper's 4 s and ranges at half the sample rate",
         },
@@ -79,6 +88,8 @@ PRESETS: Mapping[str, Mapping[str, Mapping[str, Any]]] = _freeze({
             "ranges": {},
             "folds": {"train": None, "val": None, "test": None},
             "jtfs": {"J": 13, "Q": (12, 1), "J_fr": 3, "Q_fr": 1, "F": 2},
+            "cqt": {"octaves": 6, "bins_per_octave": 12, "hop_length": 256},
+            "train": {"encoder": "effnet", "batch_size": 256, "epochs": 70, "steps_per_epoch": 100},
             "c": 2864586.7,  # data/results/calibration_amchirp_paper.json
             "note": "the paper's settings (spec section 2)",
         },
@@ -87,8 +98,10 @@ PRESETS: Mapping[str, Mapping[str, Mapping[str, Any]]] = _freeze({
         "tiny": {
             "sr": 8192, "n_samples": 2**13,
             "ranges": {"tau": (0.07, 0.25)},
-            "folds": {"train": 256, "val": 64, "test": 64},
+            "folds": {"train": 128, "val": 16, "test": 64},
             "jtfs": {"J": 10, "Q": (8, 1), "J_fr": 3, "Q_fr": 1, "F": 2},
+            "cqt": {"octaves": 7, "bins_per_octave": 12, "hop_length": 128},
+            "train": {"encoder": "cnn", "batch_size": 16, "epochs": 4, "steps_per_epoch": 4},
             "c": 26605.8,  # data/results/calibration_ftm_tiny.json
             "note": "1 s at 8192 Hz; tau <= 0.25 s leaves >= 4 tau of ringing",
         },
@@ -97,6 +110,8 @@ PRESETS: Mapping[str, Mapping[str, Mapping[str, Any]]] = _freeze({
             "ranges": {},
             "folds": {"train": 8192, "val": 1024, "test": 1024},
             "jtfs": {"J": 12, "Q": (12, 1), "J_fr": 3, "Q_fr": 1, "F": 2},
+            "cqt": {"octaves": 9, "bins_per_octave": 12, "hop_length": 256},
+            "train": {"encoder": "cnn", "batch_size": 64, "epochs": 20, "steps_per_epoch": 50},
             "c": 91784.6,  # data/results/calibration_ftm_small.json
             "note": "the paper's 2.97 s and ranges at half the sample rate",
         },
@@ -104,6 +119,8 @@ PRESETS: Mapping[str, Mapping[str, Mapping[str, Any]]] = _freeze({
             "ranges": {},
             "folds": {"train": None, "val": None, "test": None},
             "jtfs": {"J": 13, "Q": (12, 1), "J_fr": 3, "Q_fr": 1, "F": 2},
+            "cqt": {"octaves": 10, "bins_per_octave": 12, "hop_length": 256},
+            "train": {"encoder": "effnet", "batch_size": 256, "epochs": 70, "steps_per_epoch": 100},
             "c": 144106.3,  # data/results/calibration_ftm_paper.json
             "note": "the paper's settings (spec section 3)",
         },

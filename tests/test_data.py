@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pnpbook import data
+from pnpbook import config, data
 from pnpbook.synth import SYNTHS
 
 SIZES = {"amchirp": {"train": 21556, "val": 2744, "test": 2700},
@@ -99,7 +99,7 @@ def test_ids_and_theta_checksum(name):
 
 def test_fold_head_and_scale_sizes():
     tiny = data.fold("amchirp", "train", "tiny")
-    assert len(tiny) == 256
+    assert len(tiny) == config.preset("amchirp", "tiny")["folds"]["train"] == 128
     assert list(data.fold("amchirp", "train", "tiny", n=10).ids) == list(tiny.ids[:10])
     with pytest.raises(ValueError, match="outside"):
         data.fold("amchirp", "val", "tiny", n=10**6)

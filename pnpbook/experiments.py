@@ -1,0 +1,270 @@
+"""The experiment pipeline: data, metric, trainings, evaluation, one results table.
+
+``python -m pnpbook run --synth amchirp --scale tiny`` calls :func:`run`.  Every
+stage is resumable and skipped when its output exists: the metric stores
+(:mod:`pnpbook.store`), the feature and target caches (:mod:`pnpbook.features`),
+each training (:func:`pnpbook.train.train` resumes from ``last.pt``) and each
+evaluation (:func:`pnpbook.evaluate.evaluate`, redone only when its checkpoint
+is newer).  A killed run, restarted with the same arguments, goes on where it
+stopped.
+
+Layout under ``root`` (default ``data``, relative to the working directory)::
+
+    metric/SYNTH_SCALE_FOLD.h5                the metric stores
+    runs/SYNTH_SCALE/VARIANT_seedS/           one training run each (pnpbook.train)
+    runs/SYNTH_SCALE/results.json             the table (or --results PATH)
+
+A *variant* is a training recipe: one of the four losses, or PNP after P-loss
+pretraining (:data:`VARIANTS`).  The decision rule of the issue compares PNP
+with DDSP-JTFS on the JTFS distance: the 95 % paired bootstrap interval of the
+ratio of mean distances, over test sounds with seeds pooled, "matches" inside
+[0.9, 1.1] and "beats" below 1 (:func:`pnpbook.evaluate.verdict`).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+
+from pnpbook import data, evaluate, store, train
+from pnpbook.provenance import provenance, write_atomic
+from pnpbook.synth import SYNTHS
+
+#: Training recipes: overrides of :class:`pnpbook.train.TrainConfig`.  ``pretrain_epochs``
+#: given as the string ``"half"`` is half of the run's epochs (the authors' 35 of 70).
+VARIANTS: Mapping[str, Mapping[str, Any]] = {
+    "ploss": {"loss": "ploss"},
+    "mss": {"loss": "mss"},
+    "ddsp_jtfs": {"loss": "ddsp_jtfs"},
+    "pnp": {"loss": "pnp"},
+    "pnp_pretrained": {"loss": "pnp", "pretrain_epochs": "half"},
+}
+
+#: What ``run`` trains unless told otherwise: the four losses of chapter 6.
+DEFAULT_VARIANTS = ("ploss", "mss", "ddsp_jtfs", "pnp")
+
+#: The per-sample metrics of the table, with the checkpoint rule of spec 13.7 applied to both.
+METRICS = ("jtfs", "mss", "mfcc", "nu_abs_mean")
+CHECKPOINTS = ("best", "last")
+
+#: Folds smaller than this are precomputed in-process (no worker start-up).
+SPAWN_MIN_ITEMS = 256
+
+
+def train_config(synth: str, scale: str | None, variant: str, seed: int, root: str | Path = "data",
+                 **overrides: Any) -> train.TrainConfig:
+    """The :class:`~pnpbook.train.TrainConfig` of a variant and seed.
+
+    Parameters
+    ----------
+    synth, scale : str
+        Synthesizer and preset.
+    variant : str
+        A key of :data:`VARIANTS`.
+    seed : int
+        The run's seed.
+    root : path-like
+        Data root; the metric stores live in ``root/metric``.
+    **overrides
+        Further TrainConfig fields (e.g. ``num_threads``, ``epochs``).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant {variant!r} is not one of {tuple(VARIANTS)}")
+    fields = {**VARIANTS[variant], **overrides}
+    if fields.get("pretrain_epochs") == "half":
+        epochs = fields.get("epochs") or train.TrainConfig(synth=synth, scale=scale).epochs
+        fields["pretrain_epochs"] = epochs // 2
+    return train.TrainConfig(synth=synth, scale=scale, seed=seed, metric_dir=str(Path(root) / "metric"),
+                             **fields)
+
+
+def run_dir(root: str | Path, cfg: train.TrainConfig, variant: str) -> Path:
+    """``root/runs/SYNTH_SCALE/VARIANT_seedS``."""
+    return Path(root) / "runs" / f"{cfg.synth}_{cfg.scale}" / f"{variant}_seed{cfg.seed}"
+
+
+def _finished(path: Path, cfg: train.TrainConfig) -> bool:
+    """Whether the run at ``path`` has trained all its epochs."""
+    if not (path / "log.csv").exists():
+        return False
+    rows = train.read_log(path)
+    return bool(rows) and max(r["epoch"] for r in rows) + 1 >= cfg.epochs
+
+
+def _evaluated(path: Path, checkpoint: str) -> dict[str, Any] | None:
+    """The evaluation file of a checkpoint if it is newer than the checkpoint, else None."""
+    result, ckpt = path / f"eval_{checkpoint}_test.json", path / "checkpoints" / f"{checkpoint}.pt"
+    if result.exists() and result.stat().st_mtime >= ckpt.stat().st_mtime:
+        return json.loads(result.read_text())
+    return None
+
+
+def _checkpoint_epoch(path: Path, checkpoint: str) -> int:
+    """The epoch a checkpoint of the run at ``path`` was saved at."""
+    return int(torch.load(path / "checkpoints" / f"{checkpoint}.pt", map_location="cpu", weights_only=True)["epoch"])
+
+
+def precompute_metric(synth: str, scale: str | None, root: str | Path, workers: int | None,
+                      progress: bool) -> dict[str, str]:
+    """The train and val metric stores under ``root/metric`` (computed if missing); their paths."""
+    paths = {}
+    for fold in ("train", "val"):
+        req = store.Request(synth, scale, fold=fold)
+        path = Path(root) / "metric" / req.default_path().name
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            n = len(data.fold(synth, fold, scale))
+            # worker processes pay seconds of start-up: worth it only for folds of a few hundred items
+            store.precompute(req, path, workers=(workers or 1) if n >= SPAWN_MIN_ITEMS else 1, progress=progress)
+        store.read(path, expect=store.store_config(req))
+        paths[fold] = str(path)
+    return paths
+
+
+def run(synth: str, scale: str | None = None, variants: Iterable[str] = DEFAULT_VARIANTS,
+        seeds: Iterable[int] = (0,), root: str | Path = "data", results: str | Path | None = None,
+        workers: int | None = None, num_threads: int | None = None, progress: bool = True,
+        **overrides: Any) -> dict[str, Any]:
+    """Train every variant with every seed, evaluate, and write the results table.
+
+    Parameters
+    ----------
+    synth : {"amchirp", "ftm"}
+    scale : {"tiny", "small", "paper"} or None
+        None reads ``$PNPBOOK_SCALE``.
+    variants : iterable of str
+        Keys of :data:`VARIANTS`.
+    seeds : iterable of int
+    root : path-like
+        Data root (see the module docstring).
+    results : path-like or None
+        Where the table goes (default ``root/runs/SYNTH_SCALE/results.json``).
+    workers : int or None
+        Worker processes of the metric precomputation (default 1).
+    num_threads : int or None
+        ``torch.set_num_threads`` during each training (None: unchanged).
+    progress : bool
+        Progress bars.
+    **overrides
+        Further :class:`~pnpbook.train.TrainConfig` fields for every run.
+
+    Returns
+    -------
+    dict
+        What the results file holds: ``provenance``, ``synth``, ``scale``,
+        ``variants``, ``seeds``, ``runs`` (per variant and seed: the run
+        directory, its config, wall time, and the summary of the best and last
+        checkpoints), ``table`` (per variant and checkpoint: mean and spread over
+        seeds of each metric's mean) and ``decision`` (:func:`decide`).
+    """
+    synth = SYNTHS[synth].at(scale)
+    variants, seeds = list(variants), [int(s) for s in seeds]
+    t0 = time.perf_counter()
+    cfgs = {(v, s): train_config(synth.name, synth.scale, v, s, root, num_threads=num_threads, **overrides)
+            for v in variants for s in seeds}
+    metric = (precompute_metric(synth.name, synth.scale, root, workers, progress)
+              if any(c.loss == "pnp" for c in cfgs.values()) else {})
+    runs: dict[str, dict[str, Any]] = {}
+    for (variant, seed), cfg in cfgs.items():
+        path = run_dir(root, cfg, variant)
+        started = time.perf_counter()
+        if not _finished(path, cfg):
+            train.train(cfg, path, resume=True, progress=progress)
+        evaluations = {"best": _evaluated(path, "best") or evaluate.evaluate(path, "test", "best")}
+        if _checkpoint_epoch(path, "last") == evaluations["best"]["checkpoint_epoch"]:
+            evaluations["last"] = evaluations["best"]  # the same weights: the last epoch was the best
+        else:
+            evaluations["last"] = _evaluated(path, "last") or evaluate.evaluate(path, "test", "last")
+        log = train.read_log(path)
+        runs.setdefault(variant, {})[str(seed)] = {
+            "run_dir": str(path), "config": cfg.to_dict(),
+            "train_seconds": float(sum(r["seconds"] for r in log)),
+            "pipeline_seconds": time.perf_counter() - started,
+            "epochs": [{k: r[k] for k in train.LOG_COLUMNS} for r in log],
+            "eval": {c: {"checkpoint_epoch": e["checkpoint_epoch"], "summary": e["summary"],
+                         "per_sample": {m: e["per_sample"][m] for m in METRICS}, "ids": e["ids"]}
+                     for c, e in evaluations.items()},
+        }
+    result = {
+        "provenance": provenance(), "synth": synth.name, "scale": synth.scale, "variants": variants,
+        "seeds": seeds, "metric_stores": metric, "runs": runs, "table": table(runs),
+        "decision": decide(runs), "seconds": time.perf_counter() - t0,
+    }
+    out = Path(results) if results else Path(root) / "runs" / f"{synth.name}_{synth.scale}" / "results.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
+    result["path"] = str(out)
+    return result
+
+
+def table(runs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """Per variant and checkpoint, each metric's test mean: its mean and standard deviation over seeds.
+
+    Returns
+    -------
+    dict
+        ``table[variant][checkpoint][metric] = {"mean", "std", "n_seeds"}``
+        (std with ddof = 1; NaN for one seed).
+    """
+    out: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    for variant, by_seed in runs.items():
+        for checkpoint in CHECKPOINTS:
+            for metric in METRICS:
+                means = np.array([r["eval"][checkpoint]["summary"][metric]["mean"] for r in by_seed.values()])
+                out.setdefault(variant, {}).setdefault(checkpoint, {})[metric] = {
+                    "mean": float(means.mean()), "std": float(means.std(ddof=1)) if len(means) > 1 else float("nan"),
+                    "n_seeds": len(means)}
+    return out
+
+
+def pooled(runs: Mapping[str, Mapping[str, Any]], variant: str, checkpoint: str, metric: str,
+           seeds: Iterable[str]) -> np.ndarray:
+    """A variant's per-sample values of a metric, seeds concatenated in the given order."""
+    return np.concatenate([runs[variant][s]["eval"][checkpoint]["per_sample"][metric] for s in seeds])
+
+
+def decide(runs: Mapping[str, Mapping[str, Any]], metric: str = "jtfs", checkpoint: str = "best",
+           n_boot: int = 10000, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """The decision rule on the paper's claims, for every pair (PNP variant, other variant).
+
+    The ratio ``mean(a) / mean(b)`` of the JTFS distance over the test sounds of
+    all seeds both variants share (a sound of seed s in one paired with the same
+    sound of seed s in the other), with its 95 % paired bootstrap interval and
+    :func:`pnpbook.evaluate.verdict`.
+
+    Returns
+    -------
+    dict
+        ``decision["pnp / ddsp_jtfs"] = {"ratio", "lo", "hi", "verdict", "n"}``.
+    """
+    out = {}
+    for a in (v for v in runs if VARIANTS[v]["loss"] == "pnp"):
+        for b in (v for v in runs if v != a):
+            seeds = sorted(set(runs[a]) & set(runs[b]), key=int)
+            if not seeds:
+                continue
+            if any(runs[a][s]["eval"][checkpoint]["ids"] != runs[b][s]["eval"][checkpoint]["ids"] for s in seeds):
+                raise ValueError(f"{a} and {b} were evaluated on different sounds: cannot pair them")
+            x, y = (pooled(runs, v, checkpoint, metric, seeds) for v in (a, b))
+            ratio, lo, hi = evaluate.paired_ratio_interval(x, y, n_boot=n_boot, seed=seed)
+            out[f"{a} / {b}"] = {"ratio": ratio, "lo": lo, "hi": hi, "verdict": evaluate.verdict(lo, hi),
+                                 "n": len(x), "metric": metric, "checkpoint": checkpoint}
+    return out
+
+
+def format_table(result: Mapping[str, Any]) -> str:
+    """The results table as text: one row per variant and checkpoint, mean (std over seeds)."""
+    head = f"{'variant':16s}{'ckpt':6s}" + "".join(f"{m:>20s}" for m in METRICS)
+    lines = [f"{result['synth']} / {result['scale']}, test fold, seeds {result['seeds']}", head]
+    for variant, by_ckpt in result["table"].items():
+        for checkpoint, metrics in by_ckpt.items():
+            cells = "".join(f"{metrics[m]['mean']:11.4g} ({metrics[m]['std']:6.2g})" for m in METRICS)
+            lines.append(f"{variant:16s}{checkpoint:6s}{cells}")
+    for pair, d in result["decision"].items():
+        lines.append(f"{pair}: JTFS distance ratio {d['ratio']:.3f} [{d['lo']:.3f}, {d['hi']:.3f}] -> {d['verdict']}")
+    return "\n".join(lines)
+
