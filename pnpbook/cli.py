@@ -137,7 +137,7 @@ def train_cmd(args: argparse.Namespace) -> int:
     train.train(cfg, path, resume=not args.restart, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         last = train.read_log(path)[-1]
-        print(f"{path}: {last['epoch'] + 1} epochs, val JTFS distance {last['val_jtfs_distance']:.4g}")
+        print(f"{path}: {last['epoch']} epochs, val JTFS distance {last['val_jtfs_distance']:.4g}")
     return 0
 
 

@@ -92,7 +92,7 @@ def _finished(path: Path, cfg: train.TrainConfig) -> bool:
     if not (path / "log.csv").exists():
         return False
     rows = train.read_log(path)
-    return bool(rows) and max(r["epoch"] for r in rows) + 1 >= cfg.epochs
+    return bool(rows) and max(r["epoch"] for r in rows) >= cfg.epochs  # the log counts completed epochs
 
 
 def _evaluated(path: Path, checkpoint: str) -> dict[str, Any] | None:

@@ -71,12 +71,12 @@ def test_restart_skips_finished_work(tmp_path):
     (path / "checkpoints").mkdir(parents=True)
     row = {k: 0 for k in train.LOG_COLUMNS}
     lines = [",".join(train.LOG_COLUMNS)]
-    for epoch in range(cfg.epochs - 1):
+    for epoch in range(1, cfg.epochs):  # the log's epoch column counts completed epochs
         lines.append(",".join(str(epoch if k == "epoch" else "ploss" if k == "loss" else row[k])
                               for k in train.LOG_COLUMNS))
     (path / "log.csv").write_text("\n".join(lines) + "\n")
-    assert not experiments._finished(path, cfg)
-    lines.append(lines[-1].replace(f"{cfg.epochs - 2},", f"{cfg.epochs - 1},", 1))
+    assert not experiments._finished(path, cfg)  # killed before its last epoch
+    lines.append(lines[-1].replace(f"{cfg.epochs - 1},", f"{cfg.epochs},", 1))
     (path / "log.csv").write_text("\n".join(lines) + "\n")
     assert experiments._finished(path, cfg)
     ckpt, result = path / "checkpoints" / "best.pt", path / "eval_best_test.json"
