@@ -143,7 +143,8 @@ def _grid(synth: Synth) -> dict[str, Fold]:
     return folds
 
 
-def _synth(synth: str | Synth, scale: str | None) -> Synth:
+def resolve_synth(synth: str | Synth, scale: str | None) -> Synth:
+    """A synthesizer record: ``synth`` itself, or the registry's ``synth`` at ``scale``."""
     if isinstance(synth, Synth):
         return synth
     if synth not in SYNTHS:
@@ -161,7 +162,7 @@ def grid(synth: str | Synth, scale: str | None = None) -> Fold:
     scale : str or None
         Scale for a registry name; None reads ``$PNPBOOK_SCALE``.
     """
-    return _grid(_synth(synth, scale))["all"]
+    return _grid(resolve_synth(synth, scale))["all"]
 
 
 def fold(synth: str | Synth, name: str, scale: str | None = None, n: int | None = None) -> Fold:
@@ -184,7 +185,7 @@ def fold(synth: str | Synth, name: str, scale: str | None = None, n: int | None 
     """
     if name not in FOLDS:
         raise ValueError(f"fold {name!r} is not one of {FOLDS}")
-    s = _synth(synth, scale)
+    s = resolve_synth(synth, scale)
     size = config.preset(s.name, s.scale)["folds"][name] if n is None else n
     return _grid(s)[name].head(size)
 
@@ -195,7 +196,7 @@ def train_scaler(synth: str | Synth, scale: str | None = None, keep_log: bool = 
     The whole fold (not the scale's subset) is used, so ``nu`` does not depend
     on how many items a run takes.
     """
-    s = _synth(synth, scale)
+    s = resolve_synth(synth, scale)
     return Scaler.fit(torch.from_numpy(np.array(_grid(s)["train"].theta)), s, keep_log)
 
 
@@ -222,7 +223,7 @@ class SynthDataset(torch.utils.data.Dataset):
 
     def __init__(self, synth: str | Synth, fold_name: str, scale: str | None = None,
                  n: int | None = None, dtype: torch.dtype = torch.float32, keep_log: bool = True):
-        self.synth = _synth(synth, scale)
+        self.synth = resolve_synth(synth, scale)
         self.fold = fold(self.synth, fold_name, n=n)
         self.scaler = train_scaler(self.synth, keep_log=keep_log)
         self.dtype = dtype

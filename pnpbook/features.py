@@ -179,7 +179,7 @@ def front_end(synth: str | Synth, scale: str | None = None) -> CQTFrontEnd:
         In eval mode, on the CPU.  It is shared: to move it to another device,
         move a copy (``copy.deepcopy(front_end(...)).to(device)``).
     """
-    s = data._synth(synth, scale)
+    s = data.resolve_synth(synth, scale)
     c = config.preset(s.name, s.scale)["cqt"]
     return _front_end(float(s.sr), s.n_samples, c["octaves"], c["bins_per_octave"], c["hop_length"])
 
@@ -210,7 +210,7 @@ def _batches(n: int, size: int, progress: bool, desc: str) -> Iterable[int]:
 def features_config(synth: str | Synth, fold_name: str, scale: str | None = None,
                     n: int | None = None) -> dict[str, Any]:
     """The cache config of :func:`features` (JSON-ready)."""
-    s = data._synth(synth, scale)
+    s = data.resolve_synth(synth, scale)
     fold = data.fold(s, fold_name, n=n)
     return {"kind": "cqt_features", **_fold_config(s, fold), "cqt": front_end(s).settings()}
 
@@ -218,7 +218,7 @@ def features_config(synth: str | Synth, fold_name: str, scale: str | None = None
 def targets_config(synth: str | Synth, fold_name: str, scale: str | None = None,
                    n: int | None = None) -> dict[str, Any]:
     """The cache config of :func:`targets` (JSON-ready)."""
-    s = data._synth(synth, scale)
+    s = data.resolve_synth(synth, scale)
     fold = data.fold(s, fold_name, n=n)
     settings = {"N": s.n_samples, **config.preset(s.name, s.scale)["jtfs"]}
     return {"kind": "jtfs_targets", **_fold_config(s, fold), "jtfs": settings, "c": jtfs.preset_c(s),
@@ -255,7 +255,7 @@ def features(synth: str | Synth, fold_name: str, scale: str | None = None, n: in
     Tensor, shape (n, n_bins, frames), float32
         Row ``i`` is the fold's item ``i`` (``data.fold(...).ids[i]``).
     """
-    s = data._synth(synth, scale)
+    s = data.resolve_synth(synth, scale)
     cfg = features_config(s, fold_name, n=n)
 
     def compute() -> dict[str, np.ndarray]:
@@ -295,7 +295,7 @@ def targets(synth: str | Synth, fold_name: str, scale: str | None = None, n: int
     Tensor, shape (n, P), float32
         Dimensionless; row ``i`` is the fold's item ``i``.
     """
-    s = data._synth(synth, scale)
+    s = data.resolve_synth(synth, scale)
     cfg = targets_config(s, fold_name, n=n)
 
     def compute() -> dict[str, np.ndarray]:

@@ -24,7 +24,6 @@ over ranks (chunk ``i`` goes to rank ``i mod world_size``; rank 0 merges).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -38,7 +37,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from pnpbook import config, data, jtfs
+from pnpbook import cache, config, data, jtfs
 from pnpbook.metric import jacobian, metric, noise_floor, pnp_forward, spectrum
 from pnpbook.provenance import provenance, write_atomic
 from pnpbook.synth import SYNTHS, Synth
@@ -121,12 +120,11 @@ def store_config(req: Request) -> dict[str, Any]:
         "save_J": req.save_J,
         "metric_version": METRIC_VERSION,
     }
-    return json.loads(json.dumps(cfg))  # tuples become lists: equal to a config read back from disk
+    return cache.normalise(cfg)  # tuples become lists: equal to a config read back from disk
 
 
-def config_hash(cfg: dict[str, Any]) -> str:
-    """SHA-256 of the config's canonical JSON (sorted keys, no spaces), hex."""
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+#: SHA-256 (hex) of a config's canonical JSON, the same hash the array cache uses.
+config_hash = cache.config_hash
 
 
 def config_difference(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
