@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from pnpbook import data, evaluate, store, train
-from pnpbook.provenance import provenance, write_atomic
+from pnpbook.provenance import load_average, provenance, write_atomic
 from pnpbook.synth import SYNTHS
 
 #: Training recipes: overrides of :class:`pnpbook.train.TrainConfig`.  ``pretrain_epochs``
@@ -158,7 +158,7 @@ def run(synth: str, scale: str | None = None, variants: Iterable[str] = DEFAULT_
         What the results file holds: ``provenance``, ``synth``, ``scale``,
         ``variants``, ``seeds``, ``runs`` (per variant and seed: the run
         directory, its config, wall time, and the summary of the best and last
-        checkpoints), ``table`` (per variant and checkpoint: mean and spread over
+        checkpoints, the load average around its training), ``table`` (per variant and checkpoint: mean and spread over
         seeds of each metric's mean) and ``decision`` (:func:`decide`).
     """
     synth = SYNTHS[synth].at(scale)
@@ -173,7 +173,10 @@ def run(synth: str, scale: str | None = None, variants: Iterable[str] = DEFAULT_
         path = run_dir(root, cfg, variant)
         started = time.perf_counter()
         if not _finished(path, cfg):
+            load = {"before": load_average()}
             train.train(cfg, path, resume=True, progress=progress)
+            load["after"] = load_average()
+            write_atomic(path / "load.json", lambda tmp: tmp.write_text(json.dumps(load) + "\n"))
         evaluations = {"best": _evaluated(path, "best") or evaluate.evaluate(path, "test", "best")}
         if _checkpoint_epoch(path, "last") == evaluations["best"]["checkpoint_epoch"]:
             evaluations["last"] = evaluations["best"]  # the same weights: the last epoch was the best
@@ -184,6 +187,8 @@ def run(synth: str, scale: str | None = None, variants: Iterable[str] = DEFAULT_
             "run_dir": str(path), "config": cfg.to_dict(),
             "train_seconds": float(sum(r["seconds"] for r in log)),
             "pipeline_seconds": time.perf_counter() - started,
+            # the machine's load average (1, 5, 15 min) before and after the last training session of this run
+            "load_average": json.loads((path / "load.json").read_text()) if (path / "load.json").exists() else None,
             "epochs": [{k: r[k] for k in train.LOG_COLUMNS} for r in log],
             "eval": {c: {"checkpoint_epoch": e["checkpoint_epoch"], "summary": e["summary"],
                          "per_sample": {m: e["per_sample"][m] for m in METRICS}, "ids": e["ids"]}

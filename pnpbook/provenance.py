@@ -28,6 +28,14 @@ def git_commit(path: str | Path | None = None) -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
+def load_average() -> list[float] | None:
+    """The machine's load average over 1, 5 and 15 minutes (None where the system has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def provenance() -> dict[str, Any]:
     """What produced a result: package version and commit, library versions, machine, UTC time."""
     return {
@@ -37,7 +45,8 @@ def provenance() -> dict[str, Any]:
         "torch": torch.__version__,
         "machine": {"platform": platform.platform(), "processor": platform.machine(),
                     "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                    "load_average": load_average()},
         "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -722,6 +722,10 @@ class Trainer:
         Each rank takes every ``world``-th item; the sums are reduced across ranks
         (with rank 0's BatchNorm statistics, broadcast first).
 
+        For DDSP-JTFS, whose loss is half the squared JTFS distance, the
+        validation loss is derived from the distance (one JTFS pass per item,
+        in float64, where the training loss runs in float32).
+
         Returns
         -------
         dict
@@ -742,8 +746,12 @@ class Trainer:
             batch = self.batch(val, idx, set(loss_fn.needs))
             nu_hat = self.module(batch["features"])
             n_out += self._check_range(nu_hat)
-            loss_sum += float(loss_fn(nu_hat, batch, state)) * len(idx)
-            dist_sum += float(self.setup.distance(nu_hat, batch).sum())
+            distance = self.setup.distance(nu_hat, batch)
+            dist_sum += float(distance.sum())
+            if isinstance(loss_fn, losses.DDSPJTFSLoss):  # its loss is half the squared distance: no second JTFS
+                loss_sum += 0.5 * float(distance.pow(2).sum())
+            else:
+                loss_sum += float(loss_fn(nu_hat, batch, state)) * len(idx)
         loss_sum, dist_sum, n_out = _all_reduce_sum([loss_sum, dist_sum, n_out], self.device)
         return {"val_loss": loss_sum / n, "val_jtfs_distance": dist_sum / n, "clipped_val": int(n_out)}
 
