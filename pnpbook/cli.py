@@ -158,6 +158,9 @@ def run_cmd(args: argparse.Namespace) -> int:
                              **_train_overrides(args))
     print(experiments.format_table(result))
     print(f"wrote {result['path']} ({_duration(result['seconds'])})")
+    if args.export:
+        paths = experiments.export_encoders(result, args.export)
+        print(f"exported {len(paths)} encoders (best checkpoints, weights only) to {args.export}")
     return 0
 
 
@@ -268,6 +271,8 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--results", default=None, help="results file (default: ROOT/runs/SYNTH_SCALE/results.json)")
     u.add_argument("--workers", type=_positive, default=None,
                    help="worker processes of the metric precomputation (default: one per CPU)")
+    u.add_argument("--export", default=None, metavar="DIR",
+                   help="also copy each run's best encoder, weights only, to DIR (for listening without training)")
     u.set_defaults(func=run_cmd)
     return p
 

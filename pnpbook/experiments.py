@@ -191,19 +191,63 @@ def run(synth: str, scale: str | None = None, variants: Iterable[str] = DEFAULT_
             "load_average": json.loads((path / "load.json").read_text()) if (path / "load.json").exists() else None,
             "epochs": [{k: r[k] for k in train.LOG_COLUMNS} for r in log],
             "eval": {c: {"checkpoint_epoch": e["checkpoint_epoch"], "summary": e["summary"],
+                         "commit": e["provenance"]["commit"],
                          "per_sample": {m: e["per_sample"][m] for m in METRICS}, "ids": e["ids"]}
                      for c, e in evaluations.items()},
         }
     result = {
         "provenance": provenance(), "synth": synth.name, "scale": synth.scale, "variants": variants,
         "seeds": seeds, "metric_stores": metric, "runs": runs, "table": table(runs),
-        "decision": decide(runs), "seconds": time.perf_counter() - t0,
+        "decision": decide(runs), "claims": claims(runs), "seconds": time.perf_counter() - t0,
     }
     out = Path(results) if results else Path(root) / "runs" / f"{synth.name}_{synth.scale}" / "results.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
     result["path"] = str(out)
     return result
+
+
+#: What an exported encoder keeps of a training checkpoint: enough for :func:`pnpbook.train.load_encoder`.
+EXPORT_KEYS = ("model", "model_spec", "config", "epoch", "step", "best_distance", "provenance")
+
+
+def export_encoders(result: Mapping[str, Any], dest: str | Path, checkpoint: str = "best") -> list[Path]:
+    """Copy each run's trained encoder, without its training state, to ``dest``.
+
+    The checkpoints under ``root/runs`` hold Adam's moments and RNG states for
+    resuming; readers who only want to listen need the weights.  Each file
+    ``dest/VARIANT_seedS_CHECKPOINT.pt`` keeps :data:`EXPORT_KEYS` (weights
+    in float32, the model spec, the run's config, the epoch and the training
+    provenance), loads with :func:`pnpbook.train.load_encoder`, and is written
+    atomically.
+
+    Parameters
+    ----------
+    result : dict
+        What :func:`run` returned (or its results file, read back).
+    dest : path-like
+        Folder of the exported files (created).
+    checkpoint : {"best", "last"}
+
+    Returns
+    -------
+    list of Path
+        The files written, in the order of ``result["runs"]``.
+    """
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {checkpoint!r}")
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for variant, by_seed in result["runs"].items():
+        for seed, entry in by_seed.items():
+            source = Path(entry["run_dir"]) / "checkpoints" / f"{checkpoint}.pt"
+            ckpt = torch.load(source, map_location="cpu", weights_only=True)
+            slim = {k: ckpt[k] for k in EXPORT_KEYS}
+            path = dest / f"{variant}_seed{seed}_{checkpoint}.pt"
+            write_atomic(path, lambda tmp: torch.save(slim, tmp))
+            written.append(path)
+    return written
 
 
 def table(runs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
@@ -232,33 +276,66 @@ def pooled(runs: Mapping[str, Mapping[str, Any]], variant: str, checkpoint: str,
     return np.concatenate([runs[variant][s]["eval"][checkpoint]["per_sample"][metric] for s in seeds])
 
 
+#: The paper's claims on the JTFS distance, as (variant, other, the verdict the claim expects).
+CLAIMS: tuple[tuple[str, str, str], ...] = (
+    ("pnp", "ddsp_jtfs", "matches"),
+    ("pnp", "ploss", "beats"),
+    ("pnp", "mss", "beats"),
+    ("ddsp_jtfs", "ploss", "beats"),
+    ("ddsp_jtfs", "mss", "beats"),
+)
+
+
 def decide(runs: Mapping[str, Mapping[str, Any]], metric: str = "jtfs", checkpoint: str = "best",
-           n_boot: int = 10000, seed: int = 0) -> dict[str, dict[str, Any]]:
-    """The decision rule on the paper's claims, for every pair (PNP variant, other variant).
+           n_boot: int = 10000, seed: int = 0,
+           pairs: Iterable[tuple[str, str]] | None = None) -> dict[str, dict[str, Any]]:
+    """The decision rule for pairs of variants (default: every PNP variant against every other variant).
 
     The ratio ``mean(a) / mean(b)`` of the JTFS distance over the test sounds of
     all seeds both variants share (a sound of seed s in one paired with the same
     sound of seed s in the other), with its 95 % paired bootstrap interval and
-    :func:`pnpbook.evaluate.verdict`.
+    :func:`pnpbook.evaluate.verdict`.  ``pairs`` (a, b) absent from ``runs``
+    are skipped.
 
     Returns
     -------
     dict
-        ``decision["pnp / ddsp_jtfs"] = {"ratio", "lo", "hi", "verdict", "n"}``.
+        ``decision["pnp / ddsp_jtfs"] = {"ratio", "lo", "hi", "verdict", "n", "metric", "checkpoint"}``.
     """
+    if pairs is None:
+        pairs = [(a, b) for a in runs if VARIANTS[a]["loss"] == "pnp" for b in runs if b != a]
     out = {}
-    for a in (v for v in runs if VARIANTS[v]["loss"] == "pnp"):
-        for b in (v for v in runs if v != a):
-            seeds = sorted(set(runs[a]) & set(runs[b]), key=int)
-            if not seeds:
-                continue
-            if any(runs[a][s]["eval"][checkpoint]["ids"] != runs[b][s]["eval"][checkpoint]["ids"] for s in seeds):
-                raise ValueError(f"{a} and {b} were evaluated on different sounds: cannot pair them")
-            x, y = (pooled(runs, v, checkpoint, metric, seeds) for v in (a, b))
-            ratio, lo, hi = evaluate.paired_ratio_interval(x, y, n_boot=n_boot, seed=seed)
-            out[f"{a} / {b}"] = {"ratio": ratio, "lo": lo, "hi": hi, "verdict": evaluate.verdict(lo, hi),
-                                 "n": len(x), "metric": metric, "checkpoint": checkpoint}
+    for a, b in pairs:
+        if a not in runs or b not in runs:
+            continue
+        seeds = sorted(set(runs[a]) & set(runs[b]), key=int)
+        if not seeds:
+            continue
+        if any(runs[a][s]["eval"][checkpoint]["ids"] != runs[b][s]["eval"][checkpoint]["ids"] for s in seeds):
+            raise ValueError(f"{a} and {b} were evaluated on different sounds: cannot pair them")
+        x, y = (pooled(runs, v, checkpoint, metric, seeds) for v in (a, b))
+        ratio, lo, hi = evaluate.paired_ratio_interval(x, y, n_boot=n_boot, seed=seed)
+        out[f"{a} / {b}"] = {"ratio": ratio, "lo": lo, "hi": hi, "verdict": evaluate.verdict(lo, hi),
+                             "n": len(x), "metric": metric, "checkpoint": checkpoint}
     return out
+
+
+def claims(runs: Mapping[str, Mapping[str, Any]], checkpoint: str = "best") -> dict[str, dict[str, Any]]:
+    """The decision rule applied to the paper's claims (:data:`CLAIMS`) on the JTFS distance.
+
+    Returns
+    -------
+    dict
+        Per pair ``"a / b"``: what :func:`decide` gives, plus ``expected`` (the
+        claim's verdict) and ``holds``: the rule's verdict is the claim's, or
+        "beats" where the claim is "matches" (at least as good: the stronger
+        statement); "inconclusive" never holds.
+    """
+    expected = {f"{a} / {b}": v for a, b, v in CLAIMS}
+    out = decide(runs, checkpoint=checkpoint, pairs=[(a, b) for a, b, _ in CLAIMS])
+    return {k: {**d, "expected": expected[k],
+                "holds": d["verdict"] == expected[k] or (expected[k], d["verdict"]) == ("matches", "beats")}
+            for k, d in out.items()}
 
 
 def format_table(result: Mapping[str, Any]) -> str:
@@ -267,7 +344,8 @@ def format_table(result: Mapping[str, Any]) -> str:
     lines = [f"{result['synth']} / {result['scale']}, test fold, seeds {result['seeds']}", head]
     for variant, by_ckpt in result["table"].items():
         for checkpoint, metrics in by_ckpt.items():
-            cells = "".join(f"{metrics[m]['mean']:11.4g} ({metrics[m]['std']:6.2g})" for m in METRICS)
+            cells = "".join(f"{metrics[m]['mean']:11.4g} " + (f"({metrics[m]['std']:6.2g})" if metrics[m]["n_seeds"] > 1
+                                                               else " " * 8) for m in METRICS)
             lines.append(f"{variant:16s}{checkpoint:6s}{cells}")
     for pair, d in result["decision"].items():
         lines.append(f"{pair}: JTFS distance ratio {d['ratio']:.3f} [{d['lo']:.3f}, {d['hi']:.3f}] -> {d['verdict']}")

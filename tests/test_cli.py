@@ -68,3 +68,18 @@ def test_write_atomic_keeps_old_file_on_failure(tmp_path):
     with pytest.raises(RuntimeError):
         write_atomic(target, crash)
     assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+
+
+def test_provenance_records_the_load_average(monkeypatch):
+    import os
+
+    from pnpbook import provenance as prov
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.234, 0.5, 2.0))
+    assert prov.provenance()["machine"]["load_average"] == [1.23, 0.5, 2.0]
+
+    def unavailable():
+        raise OSError("no load average here")
+
+    monkeypatch.setattr(os, "getloadavg", unavailable)
+    assert prov.load_average() is None

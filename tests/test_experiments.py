@@ -43,6 +43,13 @@ def test_decision_rule_on_pooled_seeds():
     assert d["pnp / ploss"]["verdict"] == "beats" and abs(d["pnp / ploss"]["ratio"] - 0.5) < 0.01
     assert d["pnp / mss"]["verdict"] == "loses"
     assert not any(k.startswith("ploss") for k in d)  # only PNP variants are put to the test
+    c = experiments.claims(runs)
+    assert list(c) == [f"{a} / {b}" for a, b, _ in experiments.CLAIMS]
+    assert c["pnp / ddsp_jtfs"]["holds"] and c["pnp / ploss"]["holds"] and not c["pnp / mss"]["holds"]
+    assert c["ddsp_jtfs / ploss"]["verdict"] == "beats" and c["ddsp_jtfs / mss"]["verdict"] == "loses"
+    better = experiments.claims(fake_runs({"ddsp_jtfs": 1.0, "pnp": 0.5}))["pnp / ddsp_jtfs"]
+    assert better["verdict"] == "beats" and better["holds"]  # better than parity: the claim holds
+    assert "ddsp_jtfs / mss" not in experiments.claims({k: runs[k] for k in ("pnp", "ddsp_jtfs", "ploss")})
 
 
 def test_decision_refuses_unpaired_sounds():
@@ -87,3 +94,27 @@ def test_restart_skips_finished_work(tmp_path):
     assert experiments._checkpoint_epoch(path, "best") == 2
     os.utime(result, (0, 0))
     assert experiments._evaluated(path, "best") is None
+
+
+def test_exported_encoders_load_without_training_state(tmp_path):
+    from pnpbook import models
+
+    spec = {"kind": "cnn", "d": 3, "n_bins": 24, "frames": 16}
+    model = models.build_encoder(**spec)
+    cfg = experiments.train_config("amchirp", "tiny", "pnp", 1, root=tmp_path)
+    path = experiments.run_dir(tmp_path, cfg, "pnp")
+    (path / "checkpoints").mkdir(parents=True)
+    full = {"model": model.state_dict(), "model_spec": spec, "config": cfg.to_dict(), "epoch": 3, "step": 12,
+            "best_distance": 1.5, "provenance": {"commit": "abc"}, "optimizer": {"state": {}}, "rng": [1, 2]}
+    torch.save(full, path / "checkpoints" / "best.pt")
+    result = {"runs": {"pnp": {"1": {"run_dir": str(path)}}}}
+    [out] = experiments.export_encoders(result, tmp_path / "export")
+    assert out.name == "pnp_seed1_best.pt"
+    slim = torch.load(out, weights_only=True)
+    assert set(slim) == set(experiments.EXPORT_KEYS)  # no optimizer, no RNG states
+    loaded, loaded_cfg = train.load_encoder(out)
+    assert loaded_cfg == cfg and not loaded.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v)
+    with pytest.raises(ValueError, match="checkpoint must be one of"):
+        experiments.export_encoders(result, tmp_path / "export", checkpoint="first")

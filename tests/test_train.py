@@ -480,6 +480,12 @@ def test_real_pipeline_all_losses(tmp_path, monkeypatch):
     assert row["val_loss"] == pytest.approx(float(val_loss), rel=1e-4)
     d = evaluate.jtfs_distance(synth, theta, data.train_scaler(synth).inverse(nu_hat))
     np.testing.assert_allclose(row["val_jtfs_distance"], d.mean(), rtol=1e-4)
+    # DDSP-JTFS's validation loss, derived from the float64 distance, equals the float32 loss itself
+    model, _ = train.load_encoder(tmp_path / "ddsp_jtfs/checkpoints/last.pt")
+    nu_hat = evaluate.predict(model, features.features(synth, "val", n=2))
+    ddsp = losses.make_loss("ddsp_jtfs", synth, scaler=data.train_scaler(synth))
+    batch = {"nu": data.train_scaler(synth)(theta).float(), "S": features.targets(synth, "val", n=2)}
+    assert train.read_log(tmp_path / "ddsp_jtfs")[-1]["val_loss"] == pytest.approx(float(ddsp(nu_hat, batch)), rel=1e-4)
     # a store at the default name serves any head of the fold it holds; a longer head gets its own file
     other = tmp_path / "other"
     other.mkdir()
