@@ -22,10 +22,11 @@ ratio of mean distances, over test sounds with seeds pooled, "matches" inside
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -108,6 +109,18 @@ def _checkpoint_epoch(path: Path, checkpoint: str) -> int:
     return int(torch.load(path / "checkpoints" / f"{checkpoint}.pt", map_location="cpu", weights_only=True)["epoch"])
 
 
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """``torch.set_num_threads(n)`` inside the block (None: unchanged), restored after it."""
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def precompute_metric(synth: str, scale: str | None, root: str | Path, workers: int | None,
                       progress: bool) -> dict[str, str]:
     """The train and val metric stores under ``root/metric`` (computed if missing); their paths."""
@@ -146,7 +159,9 @@ def run(synth: str, scale: str | None = None, variants: Iterable[str] = DEFAULT_
     workers : int or None
         Worker processes of the metric precomputation (default 1).
     num_threads : int or None
-        ``torch.set_num_threads`` during each training (None: unchanged).
+        ``torch.set_num_threads`` during each training and evaluation (None:
+        unchanged).  Two processes side by side on two cores need 1 each: two
+        evaluations of 2 threads each on 2 cores ran about 5x slower than alone.
     progress : bool
         Progress bars.
     **overrides
@@ -177,11 +192,12 @@ def run(synth: str, scale: str | None = None, variants: Iterable[str] = DEFAULT_
             train.train(cfg, path, resume=True, progress=progress)
             load["after"] = load_average()
             write_atomic(path / "load.json", lambda tmp: tmp.write_text(json.dumps(load) + "\n"))
-        evaluations = {"best": _evaluated(path, "best") or evaluate.evaluate(path, "test", "best")}
-        if _checkpoint_epoch(path, "last") == evaluations["best"]["checkpoint_epoch"]:
-            evaluations["last"] = evaluations["best"]  # the same weights: the last epoch was the best
-        else:
-            evaluations["last"] = _evaluated(path, "last") or evaluate.evaluate(path, "test", "last")
+        with _threads(num_threads):
+            evaluations = {"best": _evaluated(path, "best") or evaluate.evaluate(path, "test", "best")}
+            if _checkpoint_epoch(path, "last") == evaluations["best"]["checkpoint_epoch"]:
+                evaluations["last"] = evaluations["best"]  # the same weights: the last epoch was the best
+            else:
+                evaluations["last"] = _evaluated(path, "last") or evaluate.evaluate(path, "test", "last")
         log = train.read_log(path)
         runs.setdefault(variant, {})[str(seed)] = {
             "run_dir": str(path), "config": cfg.to_dict(),

@@ -118,3 +118,12 @@ def test_exported_encoders_load_without_training_state(tmp_path):
         assert torch.equal(loaded.state_dict()[k], v)
     with pytest.raises(ValueError, match="checkpoint must be one of"):
         experiments.export_encoders(result, tmp_path / "export", checkpoint="first")
+
+
+def test_thread_limit_is_scoped():
+    before = torch.get_num_threads()
+    with experiments._threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with experiments._threads(None):
+        assert torch.get_num_threads() == before
