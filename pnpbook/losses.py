@@ -179,11 +179,20 @@ class MSSLoss(_RenderingLoss):
         self.n_ffts = tuple(min(n, synth.n_samples) for n in MSS_N_FFT)
 
     def magnitudes(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """``|STFT_s(x)|`` for each scale, shapes (B, n_fft_s / 2 + 1, frames_s), in x's dtype."""
-        return [torch.stft(x, n, hop_length=max(n // 4, 1),
-                           window=torch.hann_window(n, dtype=x.dtype, device=x.device),
-                           center=True, return_complex=True).abs()
-                for n in self.n_ffts]
+        """``|STFT_s(x)|`` for each scale, shapes (B, n_fft_s / 2 + 1, frames_s), in x's dtype.
+
+        A bin that is exactly zero (a silent stretch of a sound) gets the
+        gradient 0: torch's complex ``abs`` returns NaN there, which one such
+        prediction spreads to every weight through Adam.
+        """
+        out = []
+        for n in self.n_ffts:
+            z = torch.stft(x, n, hop_length=max(n // 4, 1), window=torch.hann_window(n, dtype=x.dtype, device=x.device),
+                           center=True, return_complex=True)
+            power = torch.view_as_real(z).pow(2).sum(-1)
+            nonzero = power > 0
+            out.append(torch.where(nonzero, power, torch.ones_like(power)).sqrt() * nonzero)
+        return out
 
     def __call__(self, nu_hat: torch.Tensor, batch: Mapping[str, torch.Tensor],
                  state: LossState | None = None) -> torch.Tensor:

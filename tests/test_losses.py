@@ -326,3 +326,18 @@ def test_bad_metrics_for_mu_and_lambda0_raise():
         lambda0(M, "identity", rule="paper")
     with pytest.raises(ValueError, match="damping must be one of"):
         lambda0(M, "id")
+
+
+def test_mss_gradient_is_finite_on_silent_stretches():
+    """A prediction whose STFT has exact zeros (silence) must not give NaN gradients (complex abs does)."""
+    synth = data.resolve_synth("amchirp", "tiny")
+    loss = make_loss("mss", synth)
+    x = torch.zeros(2, synth.n_samples)
+    x[:, : synth.n_samples // 2] = torch.randn(2, synth.n_samples // 2)  # second half silent
+    x_hat = x.clone().requires_grad_()
+    mags = loss.magnitudes(x_hat)
+    assert any(bool((m == 0).any()) for m in mags)  # the case is exercised
+    sum(m.sum() for m in mags).backward()
+    assert torch.isfinite(x_hat.grad).all()
+    z = torch.stft(x, 256, hop_length=64, window=torch.hann_window(256), center=True, return_complex=True)
+    torch.testing.assert_close(loss.magnitudes(x)[loss.n_ffts.index(256)], z.abs(), rtol=1e-6, atol=1e-7)
